@@ -1,0 +1,202 @@
+"""``PixelApp``: the WSGI application that answers ``{prefix}/page`` and ``{prefix}/track``.
+
+A request flows one way: routing → ``parsing`` (query string → nested dict) →
+``schemas`` (validate, type) → ``event`` (fields the server adds) → ``dispatch``.
+Every refusal on that way is a ``RequestRejected`` and is turned into a response in
+exactly one place, ``_reject``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping
+from urllib.parse import unquote
+
+from marshmallow import ValidationError
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import Map, Rule
+
+from .config import Config, SourceConfig, load_config, mask_write_key
+from .destinations import Destination, Payload, build_destination, validate_destination
+from .dispatch import Dispatcher
+from .errors import RequestRejected, bad_parameter
+from .event import complete_event
+from .parsing import nest, split_query, top_level_name
+from .responses import Responses, one_line
+from .schemas import EventSchemas, format_errors
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+logger = logging.getLogger(__name__)
+
+ENDPOINTS = ("page", "track")
+# Parameters the server owns: never copied from the query, whatever unknown_params says.
+SERVER_OWNED_PARAMETERS = frozenset({"writeKey", "type", "receivedAt", "integrations"})
+
+Handler = Callable[["WSGIEnvironment", "StartResponse"], Iterable[bytes]]
+
+
+class PixelApp:
+    """The pixel endpoints as a WSGI app.
+
+    ``config`` is a path to a TOML file, a dict of the same shape, a loaded ``Config``,
+    or ``None`` to read the file named by ``$PIXEL_WSGI_CONFIG``. Every mistake in it
+    raises ``ConfigError`` here, never at the first request. Nothing is opened here
+    (no sockets, files or threads), so the app is safe to build before a fork.
+    """
+
+    def __init__(self, config: Config | Mapping[str, Any] | str | os.PathLike[str] | None = None) -> None:
+        self.config = load_config(config, validate_destination=validate_destination)
+        self.destinations: Dict[str, Destination] = {
+            name: build_destination(settings) for name, settings in self.config.destinations.items()
+        }
+        self.dispatcher = Dispatcher(self.destinations)
+        self.sources_by_write_key = {source.write_key: source for source in self.config.sources}
+        self.schemas = EventSchemas()
+        self.responses = Responses(self.config)
+        prefix = self.config.prefix
+        self.paths = tuple(f"{prefix}/{endpoint}" for endpoint in ENDPOINTS)
+        # merge_slashes would answer `//page` with a redirect: a pixel never follows one.
+        self.url_map = Map(
+            [Rule(path, endpoint=endpoint, methods=["GET", "HEAD"]) for path, endpoint in zip(self.paths, ENDPOINTS)],
+            merge_slashes=False,
+        )
+        # Bound once: matching needs only PATH_INFO and the method, never the host.
+        self._url_adapter = self.url_map.bind("localhost")
+        self._destination_names = {source.name: self.config.destinations_for(source) for source in self.config.sources}
+
+    # -- WSGI ---------------------------------------------------------------
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        return self.wsgi_app(environ, start_response)
+
+    def wsgi_app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        try:
+            endpoint, _ = self._url_adapter.match(environ.get("PATH_INFO") or "/", method)
+        except MethodNotAllowed:
+            self._log_rejection(environ, 405, f"method {method} not allowed", None)
+            return self.responses.error(start_response, 405, "method not allowed", [("Allow", "GET, HEAD")])
+        except NotFound:
+            return self.responses.error(start_response, 404, "not found")
+        if method == "HEAD":
+            # Link scanners and mail prefetchers probe with HEAD: answer, record nothing.
+            return self.responses.success(start_response, head=True)
+        try:
+            return self.on_event(endpoint, environ, start_response)
+        except Exception:  # the last line of defence: a bug must not show a traceback
+            logger.exception("unexpected error handling %s", environ.get("PATH_INFO"))
+            return self.responses.error(start_response, 500, "internal error")
+
+    # -- endpoints ----------------------------------------------------------
+
+    def on_event(self, event_type: str, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        """``page`` and ``track`` differ only in their schema: one handler serves both."""
+        query = environ.get("QUERY_STRING", "")
+        source: SourceConfig | None = None
+        try:
+            grouped = split_query(query, self.config.limits)
+            source = self._source(grouped)
+            event = self._build_event(event_type, grouped, source, environ)
+        except RequestRejected as rejection:
+            if source is None:
+                source = self._source_hint(query)
+            return self._reject(rejection, environ, start_response, source)
+        payload = Payload(event)
+        if not self.dispatcher.dispatch(payload, self._destination_names[source.name]):
+            rejection = RequestRejected(503, "the event could not be delivered or stored; try again")
+            # Not answered as a pixel even for errors_as_pixel: a 200 would say the
+            # event was accepted when it was lost.
+            return self._reject(rejection, environ, start_response, None)
+        return self.responses.success(start_response)
+
+    # -- steps --------------------------------------------------------------
+
+    def _source(self, grouped: Dict[str, List[str]]) -> SourceConfig:
+        values = grouped.get("writeKey")
+        if not values or not values[0]:
+            raise bad_parameter("writeKey: required")
+        if len(values) > 1:
+            raise bad_parameter("writeKey: given more than once; a single value is required")
+        source = self.sources_by_write_key.get(values[0])
+        if source is None:
+            raise RequestRejected(401, "invalid write key")
+        if not source.enabled:
+            raise RequestRejected(404, "source is disabled")
+        return source
+
+    def _build_event(
+        self, event_type: str, grouped: Dict[str, List[str]], source: SourceConfig, environ: WSGIEnvironment
+    ) -> dict[str, Any]:
+        known_fields = self.schemas.fields[event_type]
+        selected: Dict[str, List[str]] = {}
+        unknown: Dict[str, List[str]] = {}
+        for key, values in grouped.items():
+            name = top_level_name(key)
+            if name in known_fields:
+                selected[key] = values
+            elif name not in SERVER_OWNED_PARAMETERS:
+                unknown[key] = values
+        extra = None
+        if unknown:
+            if source.unknown_params == "reject":
+                raise bad_parameter(f"unknown parameter{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}")
+            if source.unknown_params == "keep":
+                extra = nest(unknown, self.config.limits)
+        nested = nest(selected, self.config.limits)
+        try:
+            loaded = self.schemas.load(event_type, nested, infer_types=source.infer_types)
+        except ValidationError as error:
+            raise bad_parameter("; ".join(format_errors(error.messages))) from None
+        return complete_event(event_type, loaded, source, environ, self.config.trusted_proxies, extra)
+
+    def _source_hint(self, query: str) -> SourceConfig | None:
+        """The source of a request refused before its write key was read (for errors_as_pixel)."""
+        for piece in query.split("&"):
+            if piece.startswith("writeKey="):
+                try:
+                    return self.sources_by_write_key.get(unquote(piece[9:].replace("+", " "), errors="strict"))
+                except UnicodeDecodeError:
+                    return None
+        return None
+
+    def _reject(
+        self, rejection: RequestRejected, environ: WSGIEnvironment, start_response: StartResponse, source: SourceConfig | None
+    ) -> Iterable[bytes]:
+        self._log_rejection(environ, rejection.status, rejection.reason, source)
+        if source is not None and source.errors_as_pixel and rejection.status < 500:
+            return self.responses.success(start_response, error=rejection.reason)
+        return self.responses.error(start_response, rejection.status, rejection.reason)
+
+    def _log_rejection(self, environ: WSGIEnvironment, status: int, reason: str, source: SourceConfig | None) -> None:
+        level = logging.WARNING if status >= 500 else logging.INFO
+        if logger.isEnabledFor(level):
+            logger.log(
+                level,
+                "rejected %d %s: %s (source %s, client %s)",
+                status,
+                environ.get("PATH_INFO", ""),
+                one_line(reason),
+                source.name if source else "unknown",
+                environ.get("REMOTE_ADDR", "-"),
+            )
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def destination(self, name: str) -> Destination:
+        return self.destinations[name]
+
+    def close(self) -> None:
+        """Close every destination's connections and files."""
+        self.dispatcher.close()
+
+    def __repr__(self) -> str:
+        keys = ", ".join(mask_write_key(source.write_key) for source in self.config.sources)
+        return f"<PixelApp {self.config.prefix or '/'} sources=[{keys}]>"
+
+
+def create_app(config: Config | Mapping[str, Any] | str | os.PathLike[str] | None = None) -> PixelApp:
+    """The factory for gunicorn: ``gunicorn 'pixel_wsgi:create_app()'`` reads ``$PIXEL_WSGI_CONFIG``."""
+    return PixelApp(config)

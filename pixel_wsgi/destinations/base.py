@@ -1,0 +1,70 @@
+"""The destination interface: one small class a user can implement too.
+
+A destination is built once at start-up from its options and must not open
+connections, files or threads in ``__init__`` (gunicorn's ``--preload`` forks after
+that); open them lazily on the first ``deliver``, per process and where needed per
+thread. ``deliver`` either returns (the destination has the event) or raises
+``DeliveryError``; any other exception is treated as a retryable failure.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+from ..config import OptionReader
+from ..errors import ConfigError, DeliveryError
+
+__all__ = ["Destination", "DeliveryError", "Payload"]
+
+
+class Payload:
+    """One event on its way out, with its JSON body serialized at most once."""
+
+    __slots__ = ("event", "_body")
+
+    def __init__(self, event: Mapping[str, Any], body: bytes | None = None) -> None:
+        self.event = event
+        self._body = body
+
+    @property
+    def body(self) -> bytes:
+        if self._body is None:
+            self._body = json.dumps(self.event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return self._body
+
+    @property
+    def type(self) -> str:
+        return str(self.event.get("type", ""))
+
+    @property
+    def message_id(self) -> str:
+        return str(self.event.get("messageId", ""))
+
+
+class Destination:
+    """Base class. Subclasses read their options in ``configure`` and implement ``deliver``."""
+
+    #: ``type = "..."`` in the configuration; informational for user classes.
+    kind = "custom"
+
+    def __init__(self, name: str, options: Mapping[str, Any] | None = None) -> None:
+        self.name = name
+        errors: list[str] = []
+        reader = OptionReader(options or {}, f"destinations.{name}", errors)
+        self.configure(reader)
+        reader.reject_unknown()
+        if errors:
+            raise ConfigError(errors)
+
+    def configure(self, options: OptionReader) -> None:
+        """Read options; record mistakes with ``options.error`` (never raise per option)."""
+
+    def deliver(self, payload: Payload) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections and files; called at shutdown and by tests."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"

@@ -1,0 +1,39 @@
+"""``PixelMiddleware``: add the pixel endpoints to an existing WSGI site.
+
+Use it when the site is already a WSGI app (Pyramid's ``config.make_wsgi_app()``,
+``bottle.default_app()``, Flask's ``app.wsgi_app``, Django's ``get_wsgi_application()``)
+and the pixel should live on the same host and port. Exactly two paths are answered,
+``{prefix}/page`` and ``{prefix}/track``; every other request reaches the wrapped app
+untouched: the same environ, the same ``start_response``, and its body iterable
+returned as it is, so streaming and ``close()`` work as before.
+
+To put the pixel under its own path prefix instead, mount a ``PixelApp`` with
+werkzeug's ``DispatcherMiddleware``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+from .app import PixelApp
+from .config import Config
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+
+class PixelMiddleware:
+    def __init__(
+        self,
+        app: WSGIApplication,
+        config: PixelApp | Config | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.app = app
+        self.pixel_app = config if isinstance(config, PixelApp) else PixelApp(config)
+        self.pixel_paths = frozenset(self.pixel_app.paths)
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") in self.pixel_paths:
+            return self.pixel_app(environ, start_response)
+        return self.app(environ, start_response)

@@ -1,0 +1,209 @@
+"""Query string → nested dict: decoding, limits, dot/bracket paths, arrays, conflicts.
+
+This module knows nothing of events; it turns ``a.b[0].c=1`` into
+``{"a": {"b": [{"c": "1"}]}}`` and refuses, with a one-line reason naming the
+parameter, anything ambiguous or over a limit. Validation and typing are the
+schemas' job.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any, Dict, List, Tuple, Union
+from urllib.parse import unquote_to_bytes
+
+from .config import Limits
+from .errors import RequestRejected, bad_parameter
+
+Segment = Union[str, int]
+Path = Tuple[Segment, ...]
+# A trailing ``[]``: the parameter's values always form a list.
+APPEND = "[]"
+
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+_BRACKETED = re.compile(r"\[([^\[\]]*)\]")
+# Index strings longer than this cannot be under any sane limit; checked before int()
+# so that a 5,000-digit "index" costs nothing.
+_MAX_INDEX_DIGITS = 6
+
+
+def split_query(query: str, limits: Limits) -> Dict[str, List[str]]:
+    """Decode a raw ``QUERY_STRING`` into ``{key: [values...]}`` in first-seen order.
+
+    ``query`` is the WSGI native string: bytes as latin-1. ``+`` and percent-escapes
+    are decoded, then the bytes must be UTF-8. Empty pieces (``a=1&&b=2``) are skipped.
+    """
+    if len(query) > limits.max_query_length:
+        raise RequestRejected(414, f"query string longer than the limit of {limits.max_query_length} bytes")
+    grouped: Dict[str, List[str]] = {}
+    if not query:
+        return grouped
+    pieces = [piece for piece in query.split("&") if piece]
+    if len(pieces) > limits.max_params:
+        raise bad_parameter(f"too many parameters: {len(pieces)}, the limit is {limits.max_params}")
+    for piece in pieces:
+        raw_key, _, raw_value = piece.partition("=")
+        key = _decode(raw_key, None)
+        if len(key) > limits.max_key_length:
+            raise bad_parameter(f"parameter name longer than the limit of {limits.max_key_length} characters: {key[:40]!r}…")
+        if _CONTROL_CHARACTER.search(key):
+            raise bad_parameter(f"parameter name with a control character: {key!r}")
+        if not key:
+            raise bad_parameter("parameter with an empty name")
+        value = _decode(raw_value, key)
+        values = grouped.get(key)
+        if values is None:
+            grouped[key] = [value]
+        else:
+            values.append(value)
+    return grouped
+
+
+def _decode(raw: str, key: str | None) -> str:
+    if "+" in raw:
+        raw = raw.replace("+", " ")
+    if "%" not in raw and raw.isascii():
+        return raw
+    try:
+        # The WSGI string holds the request's bytes as latin-1: back to bytes first.
+        return unquote_to_bytes(raw.encode("latin-1")).decode("utf-8")
+    except UnicodeEncodeError:
+        # Not a WSGI native string (a caller passed real text): it is already decoded.
+        return unquote_to_bytes(raw).decode("utf-8", "strict")
+    except UnicodeDecodeError:
+        if key is None:
+            raise bad_parameter(f"parameter name is not valid UTF-8: {raw[:40]!r}") from None
+        raise bad_parameter(f"{key}: value is not valid UTF-8") from None
+
+
+def top_level_name(key: str) -> str:
+    """The first segment of a key, before any ``.`` or ``[`` (cheap, no validation)."""
+    end = len(key)
+    dot = key.find(".")
+    if dot != -1:
+        end = dot
+    bracket = key.find("[", 0, end)
+    if bracket != -1:
+        end = bracket
+    return key[:end]
+
+
+@lru_cache(maxsize=4096)
+def parse_key(key: str, max_depth: int, max_index: int) -> Path:
+    """``properties.products[0].sku`` → ``("properties", "products", 0, "sku")``.
+
+    Cached: a pixel template sends the same few dozen keys on every request.
+    """
+    segments: List[Segment] = []
+    for part in key.split("."):
+        bracket = part.find("[")
+        name = part if bracket == -1 else part[:bracket]
+        if name:
+            segments.append(_index(name, key, max_index) if name.isdigit() else name)
+        elif bracket == -1 or not segments:
+            raise bad_parameter(f"{key}: empty segment in the parameter name")
+        if bracket != -1:
+            rest = part[bracket:]
+            position = 0
+            for match in _BRACKETED.finditer(rest):
+                if match.start() != position:
+                    break
+                position = match.end()
+                inner = match.group(1)
+                if inner == "":
+                    segments.append(APPEND)
+                elif inner.isdigit():
+                    segments.append(_index(inner, key, max_index))
+                elif "." in inner:
+                    raise bad_parameter(f"{key}: a bracketed name cannot contain '.'")
+                else:
+                    segments.append(inner)
+            if position != len(rest):
+                raise bad_parameter(f"{key}: malformed brackets in the parameter name")
+    if APPEND in segments[:-1]:
+        raise bad_parameter(f"{key}: '[]' may only end a parameter name")
+    depth = len(segments) - (segments[-1] == APPEND)
+    if depth > max_depth:
+        raise bad_parameter(f"{key}: nested deeper than the limit of {max_depth} levels")
+    return tuple(segments)
+
+
+def _index(text: str, key: str, max_index: int) -> int:
+    if len(text) > _MAX_INDEX_DIGITS or int(text) > max_index:
+        raise bad_parameter(f"{key}: array index {text[:12]} is over the limit of {max_index}")
+    return int(text)
+
+
+class _Indexed(dict):  # type: ignore[type-arg]
+    """An array under construction: index → item, checked and turned into a list at the end."""
+
+
+def nest(grouped: Dict[str, List[str]], limits: Limits) -> Dict[str, Any]:
+    """Build the nested structure; every key must already have passed ``split_query``."""
+    root: Dict[str, Any] = {}
+    arrays: List[Tuple[Any, Segment, _Indexed, Path]] = []
+    paths: Dict[str, Path] = {}
+    for key, values in grouped.items():
+        path = parse_key(key, limits.max_depth, limits.max_array_index)
+        paths[key] = path
+        if not isinstance(path[0], str):
+            raise bad_parameter(f"{key}: a parameter name must start with a name, not an index")
+        if path[-1] == APPEND:
+            path = path[:-1]
+            value: Any = list(values)
+        else:
+            value = values[0] if len(values) == 1 else list(values)
+        container: Any = root
+        last = len(path) - 1
+        for position in range(last):
+            segment = path[position]
+            child = container.get(segment)
+            wants_array = isinstance(path[position + 1], int)
+            if child is None:
+                child = _Indexed() if wants_array else {}
+                container[segment] = child
+                if wants_array:
+                    arrays.append((container, segment, child, path[: position + 1]))
+            elif not isinstance(child, dict) or isinstance(child, _Indexed) != wants_array:
+                raise _conflict(key, path[: position + 1], paths)
+            container = child
+        if path[last] in container:
+            raise _conflict(key, path, paths)
+        container[path[last]] = value
+    # Innermost arrays were registered last: finishing them first lets each parent
+    # array collect finished lists.
+    for parent, segment, indexed, path in reversed(arrays):
+        count = len(indexed)
+        if max(indexed) != count - 1:
+            missing = next(i for i in range(count) if i not in indexed)
+            raise bad_parameter(f"{format_path(path)}: array indexes must be contiguous from 0 (index {missing} is missing)")
+        parent[segment] = [indexed[i] for i in range(count)]
+    return root
+
+
+def _conflict(key: str, path: Path, paths: Dict[str, Path]) -> RequestRejected:
+    """Name both parameters that claim ``path`` for different kinds of value."""
+    for other, other_path in paths.items():
+        if other == key:
+            continue
+        trimmed = other_path[:-1] if other_path[-1] == APPEND else other_path
+        if trimmed[: len(path)] == path or path[: len(trimmed)] == trimmed:
+            return bad_parameter(
+                f"conflicting parameters {other!r} and {key!r}: "
+                f"{format_path(path)} cannot be both a value and a nested object or array"
+            )
+    return bad_parameter(f"{key}: conflicts with another parameter")
+
+
+def format_path(path: Path) -> str:
+    """``("properties", "products", 0, "sku")`` → ``properties.products[0].sku``."""
+    text = ""
+    for segment in path:
+        if isinstance(segment, int):
+            text += f"[{segment}]"
+        elif segment == APPEND:
+            text += "[]"
+        else:
+            text += f".{segment}" if text else segment
+    return text
