@@ -104,7 +104,7 @@ class PixelApp:
             if source is None:
                 source = self._source_hint(query)
             return self._reject(rejection, environ, start_response, source)
-        payload = Payload(event)
+        payload = Payload(event, source.name)
         if not self.dispatcher.dispatch(payload, self._destination_names[source.name]):
             rejection = RequestRejected(503, "the event could not be delivered or stored; try again")
             # Not answered as a pixel even for errors_as_pixel: a 200 would say the

@@ -13,6 +13,7 @@ from .base import Destination, DeliveryError, Payload
 # requests, and a user's class is loaded only when named.
 DESTINATION_TYPES: Dict[str, str] = {
     "memory": "pixel_wsgi.destinations.memory:MemoryDestination",
+    "sqlite": "pixel_wsgi.destinations.sqlite:SQLiteDestination",
 }
 
 __all__ = ["DESTINATION_TYPES", "Destination", "DeliveryError", "Payload", "build_destination", "validate_destination"]

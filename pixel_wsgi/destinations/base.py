@@ -21,10 +21,12 @@ __all__ = ["Destination", "DeliveryError", "Payload"]
 class Payload:
     """One event on its way out, with its JSON body serialized at most once."""
 
-    __slots__ = ("event", "_body")
+    __slots__ = ("event", "source", "_body")
 
-    def __init__(self, event: Mapping[str, Any], body: bytes | None = None) -> None:
+    def __init__(self, event: Mapping[str, Any], source: str = "", body: bytes | None = None) -> None:
         self.event = event
+        #: the name of the configured source the event came in through
+        self.source = source
         self._body = body
 
     @property
