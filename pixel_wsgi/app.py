@@ -65,6 +65,9 @@ class PixelApp:
         )
         # Bound once: matching needs only PATH_INFO and the method, never the host.
         self._url_adapter = self.url_map.bind("localhost")
+        # The two exact paths answer GET and HEAD: a dict lookup settles nearly every
+        # request; anything else (405, 404) still goes through the Map.
+        self._endpoints_by_path = dict(zip(self.paths, ENDPOINTS))
         self._destination_names = {source.name: self.config.destinations_for(source) for source in self.config.sources}
 
     # -- WSGI ---------------------------------------------------------------
@@ -74,13 +77,16 @@ class PixelApp:
 
     def wsgi_app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
-        try:
-            endpoint, _ = self._url_adapter.match(environ.get("PATH_INFO") or "/", method)
-        except MethodNotAllowed:
-            self._log_rejection(environ, 405, f"method {method} not allowed", None)
-            return self.responses.error(start_response, 405, "method not allowed", [("Allow", "GET, HEAD")])
-        except NotFound:
-            return self.responses.error(start_response, 404, "not found")
+        path = environ.get("PATH_INFO") or "/"
+        endpoint = self._endpoints_by_path.get(path)
+        if endpoint is None or (method != "GET" and method != "HEAD"):
+            try:
+                endpoint, _ = self._url_adapter.match(path, method)
+            except MethodNotAllowed:
+                self._log_rejection(environ, 405, f"method {method} not allowed", None)
+                return self.responses.error(start_response, 405, "method not allowed", [("Allow", "GET, HEAD")])
+            except NotFound:
+                return self.responses.error(start_response, 404, "not found")
         if method == "HEAD":
             # Link scanners and mail prefetchers probe with HEAD: answer, record nothing.
             return self.responses.success(start_response, head=True)
