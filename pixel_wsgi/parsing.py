@@ -42,22 +42,34 @@ def split_query(query: str, limits: Limits) -> Dict[str, List[str]]:
     pieces = [piece for piece in query.split("&") if piece]
     if len(pieces) > limits.max_params:
         raise bad_parameter(f"too many parameters: {len(pieces)}, the limit is {limits.max_params}")
+    max_key_length = limits.max_key_length
     for piece in pieces:
         raw_key, _, raw_value = piece.partition("=")
-        key = _decode(raw_key, None)
-        if len(key) > limits.max_key_length:
-            raise bad_parameter(f"parameter name longer than the limit of {limits.max_key_length} characters: {key[:40]!r}…")
-        if _CONTROL_CHARACTER.search(key):
-            raise bad_parameter(f"parameter name with a control character: {key!r}")
-        if not key:
-            raise bad_parameter("parameter with an empty name")
-        value = _decode(raw_value, key)
+        key = _decode_key(raw_key, max_key_length)
+        # Most values are plain ASCII: skip the call when there is nothing to decode.
+        if "%" in raw_value or "+" in raw_value or not raw_value.isascii():
+            value = _decode(raw_value, key)
+        else:
+            value = raw_value
         values = grouped.get(key)
         if values is None:
             grouped[key] = [value]
         else:
             values.append(value)
     return grouped
+
+
+@lru_cache(maxsize=4096)
+def _decode_key(raw_key: str, max_key_length: int) -> str:
+    """A parameter name, decoded and checked; cached, as a template sends the same names."""
+    key = _decode(raw_key, None)
+    if len(key) > max_key_length:
+        raise bad_parameter(f"parameter name longer than the limit of {max_key_length} characters: {key[:40]!r}…")
+    if _CONTROL_CHARACTER.search(key):
+        raise bad_parameter(f"parameter name with a control character: {key!r}")
+    if not key:
+        raise bad_parameter("parameter with an empty name")
+    return key
 
 
 def _decode(raw: str, key: str | None) -> str:
@@ -77,8 +89,9 @@ def _decode(raw: str, key: str | None) -> str:
         raise bad_parameter(f"{key}: value is not valid UTF-8") from None
 
 
+@lru_cache(maxsize=4096)
 def top_level_name(key: str) -> str:
-    """The first segment of a key, before any ``.`` or ``[`` (cheap, no validation)."""
+    """The first segment of a key, before any ``.`` or ``[`` (no validation; cached)."""
     end = len(key)
     dot = key.find(".")
     if dot != -1:
@@ -139,38 +152,51 @@ class _Indexed(dict):  # type: ignore[type-arg]
     """An array under construction: index → item, checked and turned into a list at the end."""
 
 
+@lru_cache(maxsize=4096)
+def _nest_plan(key: str, max_depth: int, max_index: int) -> Tuple[Path, bool, Tuple[bool, ...]]:
+    """What ``nest`` needs of a key, worked out once per key rather than per request.
+
+    The path without a trailing ``[]``, whether it had one (its values always form a
+    list), and for each container on the way whether it is an array (the next
+    segment is an index).
+    """
+    path = parse_key(key, max_depth, max_index)
+    if not isinstance(path[0], str):
+        raise bad_parameter(f"{key}: a parameter name must start with a name, not an index")
+    append = path[-1] == APPEND
+    if append:
+        path = path[:-1]
+    wants_arrays = tuple(isinstance(segment, int) for segment in path[1:])
+    return path, append, wants_arrays
+
+
 def nest(grouped: Dict[str, List[str]], limits: Limits) -> Dict[str, Any]:
     """Build the nested structure; every key must already have passed ``split_query``."""
     root: Dict[str, Any] = {}
     arrays: List[Tuple[Any, Segment, _Indexed, Path]] = []
-    paths: Dict[str, Path] = {}
+    max_depth, max_index = limits.max_depth, limits.max_array_index
     for key, values in grouped.items():
-        path = parse_key(key, limits.max_depth, limits.max_array_index)
-        paths[key] = path
-        if not isinstance(path[0], str):
-            raise bad_parameter(f"{key}: a parameter name must start with a name, not an index")
-        if path[-1] == APPEND:
-            path = path[:-1]
+        path, append, wants_arrays = _nest_plan(key, max_depth, max_index)
+        if append:
             value: Any = list(values)
         else:
             value = values[0] if len(values) == 1 else list(values)
         container: Any = root
-        last = len(path) - 1
-        for position in range(last):
+        for position, wants_array in enumerate(wants_arrays):
             segment = path[position]
             child = container.get(segment)
-            wants_array = isinstance(path[position + 1], int)
             if child is None:
                 child = _Indexed() if wants_array else {}
                 container[segment] = child
                 if wants_array:
                     arrays.append((container, segment, child, path[: position + 1]))
             elif not isinstance(child, dict) or isinstance(child, _Indexed) != wants_array:
-                raise _conflict(key, path[: position + 1], paths)
+                raise _conflict(key, path[: position + 1], grouped, limits)
             container = child
-        if path[last] in container:
-            raise _conflict(key, path, paths)
-        container[path[last]] = value
+        last = path[-1]
+        if last in container:
+            raise _conflict(key, path, grouped, limits)
+        container[last] = value
     # Innermost arrays were registered last: finishing them first lets each parent
     # array collect finished lists.
     for parent, segment, indexed, path in reversed(arrays):
@@ -182,11 +208,12 @@ def nest(grouped: Dict[str, List[str]], limits: Limits) -> Dict[str, Any]:
     return root
 
 
-def _conflict(key: str, path: Path, paths: Dict[str, Path]) -> RequestRejected:
+def _conflict(key: str, path: Path, grouped: Dict[str, List[str]], limits: Limits) -> RequestRejected:
     """Name both parameters that claim ``path`` for different kinds of value."""
-    for other, other_path in paths.items():
+    for other in grouped:
         if other == key:
-            continue
+            break  # only the keys before this one are in the structure so far
+        other_path = parse_key(other, limits.max_depth, limits.max_array_index)
         trimmed = other_path[:-1] if other_path[-1] == APPEND else other_path
         if trimmed[: len(path)] == path or path[: len(trimmed)] == trimmed:
             return bad_parameter(
