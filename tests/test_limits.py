@@ -72,7 +72,7 @@ def test_limits_are_configurable():
 def test_raw_utf8_bytes_in_the_query_are_decoded(pixel):
     """A server hands the raw bytes as latin-1 (PEP 3333) when the client did not escape them."""
     app, events = pixel
-    raw = f"{BASE}&properties.city=Zürich".encode("utf-8").decode("latin-1")
+    raw = f"{BASE}&properties.city=Zürich".encode().decode("latin-1")
     statuses = []
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/pixel/v1/track", "QUERY_STRING": raw}
     b"".join(app(environ, lambda status, headers: statuses.append(status)))
