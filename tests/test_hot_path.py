@@ -1,0 +1,124 @@
+"""The caches and shortcuts of the hot path (issue 6) change nothing that SPEC says.
+
+Each shortcut has a slow twin that it must agree with: ``str(uuid.uuid4())``, the full
+marshmallow schema, a cold ``lru_cache``, the werkzeug ``Map``.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import pytest
+from marshmallow import ValidationError
+from webtest import TestApp
+
+from pixel_wsgi.event import new_message_id, utc_timestamp
+from pixel_wsgi.schemas import MAX_CACHED_SCHEMAS, EventSchemas
+from pixel_wsgi.testing import memory_app
+from tests.conftest import WRITE_KEY
+
+UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
+
+
+def test_new_message_id_is_a_random_uuid4_string():
+    ids = {new_message_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for text in ids:
+        assert UUID4.match(text), text
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
+
+
+def test_utc_timestamp_across_seconds_and_back():
+    """Pins the per-second cache: a later call for an earlier second gets that second."""
+    assert utc_timestamp(1706702400.999) == "2024-01-31T12:00:00.999Z"
+    assert utc_timestamp(1706702401.0) == "2024-01-31T12:00:01.000Z"
+    assert utc_timestamp(1706702402.5) == "2024-01-31T12:00:02.500Z"
+    assert utc_timestamp(1706702400.25) == "2024-01-31T12:00:00.250Z"
+
+
+def full_load(schemas: EventSchemas, event_type: str, data: dict, infer_types: bool = False) -> dict:
+    """What the full schema (every declared field, no ``only``) makes of ``data``."""
+    return schemas._classes[(event_type, infer_types)]().load(data)
+
+
+@pytest.mark.parametrize(
+    ("event_type", "data"),
+    [
+        pytest.param("track", {"anonymousId": "a", "event": "E"}, id="track-minimal"),
+        pytest.param(
+            "track",
+            {"userId": "u", "event": "E", "properties": {"revenue": "9.5", "quantity": "2"}, "channel": "email"},
+            id="track-typed",
+        ),
+        pytest.param("page", {"anonymousId": '"amp-1"', "name": "", "context": {"screen": {"width": "10"}}}, id="page"),
+        pytest.param("page", {"anonymousId": "a", "messageId": "m-1", "sentAt": "2024-01-31T12:00:00Z"}, id="page-ids"),
+    ],
+)
+def test_schema_per_field_set_loads_like_the_full_schema(event_type, data):
+    schemas = EventSchemas()
+    loaded = schemas.load(event_type, data, infer_types=False)
+    expected = full_load(schemas, event_type, data)
+    assert loaded == expected
+    assert list(loaded) == list(expected)  # the same key order in the event's JSON
+
+
+@pytest.mark.parametrize(
+    ("event_type", "data"),
+    [
+        pytest.param("track", {"anonymousId": "a"}, id="event-missing-is-still-required"),
+        pytest.param("track", {"anonymousId": "a", "event": ""}, id="event-empty"),
+        pytest.param("page", {"name": "Home"}, id="no-identity"),
+        pytest.param("track", {"userId": "u", "event": "E", "properties": {"revenue": "lots"}}, id="bad-number"),
+        pytest.param("page", {"anonymousId": ["a", "b"]}, id="repeated-single-value"),
+    ],
+)
+def test_schema_per_field_set_rejects_like_the_full_schema(event_type, data):
+    schemas = EventSchemas()
+    with pytest.raises(ValidationError) as cached:
+        schemas.load(event_type, data, infer_types=False)
+    with pytest.raises(ValidationError) as full:
+        full_load(schemas, event_type, data)
+    assert cached.value.messages == full.value.messages
+
+
+def test_schema_cache_is_bounded():
+    schemas = EventSchemas()
+    names = ["userId", "messageId", "timestamp", "originalTimestamp", "sentAt", "channel", "name", "category", "context"]
+    for number in range(2 ** len(names)):
+        data = {"anonymousId": "a"}
+        data.update({name: {"k": "v"} if name == "context" else "x" for bit, name in enumerate(names) if number >> bit & 1})
+        data.pop("timestamp", None), data.pop("originalTimestamp", None), data.pop("sentAt", None)
+        schemas.load("page", data, infer_types=False)
+    assert 0 < len(schemas._by_names) <= MAX_CACHED_SCHEMAS
+
+
+def test_an_error_is_not_cached_as_an_answer():
+    """A refused key is refused every time, and a good key still works after it."""
+    app, events = memory_app(WRITE_KEY, unknown_params="keep")
+    client = TestApp(app)
+    base = f"/pixel/v1/track?writeKey={WRITE_KEY}&anonymousId=a&event=E"
+    for _ in range(2):
+        assert "empty segment" in client.get(base + "&properties..x=1", status=400).text
+        assert "must start with a name" in client.get(base + "&0.x=1", status=400).text
+        client.get(base + "&properties.x=1", status=200)
+    assert [event["properties"] for event in events] == [{"x": "1"}, {"x": "1"}]
+    app.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        pytest.param("GET", "/pixel/v1/track", 400, id="get-exact-path"),
+        pytest.param("HEAD", "/pixel/v1/page", 200, id="head-exact-path"),
+        pytest.param("POST", "/pixel/v1/track", 405, id="post-goes-through-the-map"),
+        pytest.param("GET", "/pixel/v1/track/", 404, id="trailing-slash"),
+        pytest.param("GET", "/pixel/v1//track", 404, id="double-slash"),
+    ],
+)
+def test_exact_path_shortcut_agrees_with_the_map(method, path, status):
+    app, _ = memory_app(WRITE_KEY)
+    response = TestApp(app).request(path, method=method, status=status, expect_errors=True)
+    assert response.status_int == status
+    app.close()
