@@ -22,6 +22,7 @@ import time
 from typing import Any, Mapping
 
 import requests
+from requests.cookies import RequestsCookieJar
 from requests.structures import CaseInsensitiveDict
 
 from .. import __version__
@@ -111,6 +112,8 @@ class HTTPDestination(Destination):
         headers.update(self.headers_for(payload))
         request.headers = headers
         request.body = body
+        # Session.send looks into it on a redirect (which is answered, never followed).
+        request._cookies = RequestsCookieJar()  # type: ignore[attr-defined]
         timeout = self.timeout if seconds is None else max(0.001, min(self.timeout, seconds))
         try:
             response = self._session().send(

@@ -23,8 +23,8 @@ What it can do, per request (``Reply``) or for every request:
   (clients get "connection refused"); ``sink.start()`` listens again on the same port.
 
 ``sink.requests`` holds every request that arrived (``Recorded``: method, path, headers,
-body, json, status answered); ``sink.delivered`` only those answered 2xx in full, i.e.
-what a destination may count as delivered. Both are safe to read from the test thread.
+body, json, status answered); ``sink.delivered`` only those answered 2xx (not dropped),
+i.e. what a destination may count as delivered. Both are safe to read from the test thread.
 
 ``SilentServer`` is a listening socket that accepts connections and never answers,
 counting them: for circuit breakers and read timeouts.
@@ -117,10 +117,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
             return
         self.send_header("Content-Length", str(len(payload)))
+        # Marked before the answer goes out: once the client has it, so has the test.
+        recorded.complete = True
         self.end_headers()
         self.wfile.write(payload)
         self.wfile.flush()
-        recorded.complete = True
 
     do_POST = do_PUT = do_GET = _handle
 
