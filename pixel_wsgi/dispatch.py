@@ -35,7 +35,7 @@ SPOOL_RETRY_DELAY = 60.0
 
 def backoff(retry: int) -> float:
     """Seconds before retry number ``retry`` (1, 2, ...): exponential, with "equal jitter"."""
-    ceiling = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (retry - 1))
+    ceiling = min(BACKOFF_MAX, BACKOFF_BASE * 2.0 ** (retry - 1))
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
@@ -151,8 +151,8 @@ class Dispatcher:
             if not breaker.allow():
                 # Not a delivery failure (nothing was tried), so no WARNING per event:
                 # the breaker logged once when it opened.
-                error = DeliveryError("circuit open: not tried")
-                safe = self._spool(name, payload, Outcome(0, error, breaker.cooldown)) and safe
+                skipped = Outcome(0, DeliveryError("circuit open: not tried"), breaker.cooldown)
+                safe = self._spool(name, payload, skipped) and safe
                 continue
             outcome = self.deliver(self.destinations[name], payload, deadline)
             error = outcome.error

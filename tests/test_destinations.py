@@ -12,7 +12,7 @@ import pytest
 
 from pixel_wsgi import __version__
 from pixel_wsgi.config import DestinationConfig, OptionReader
-from pixel_wsgi.destinations import Destination, DeliveryError, Payload, build_destination
+from pixel_wsgi.destinations import DeliveryError, Destination, Payload, build_destination
 from pixel_wsgi.errors import ConfigError
 from tests.support.sink import Reply, Sink, sink_fixture
 
