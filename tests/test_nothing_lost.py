@@ -37,6 +37,8 @@ def start_gunicorn(config_path: Path, port: int, log_path: Path) -> subprocess.P
                 sys.executable, "-m", "gunicorn",
                 "--workers", "2", "--threads", "4", "--worker-class", "gthread",
                 "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "2", "--timeout", "30",
+                # The app is built once in the arbiter, then forked: nothing may be open by then.
+                "--preload",
                 "pixel_wsgi:create_app()",
             ],
             env=env,

@@ -5,10 +5,13 @@ destination object; a Session is not documented as thread-safe) and per process:
 first ``deliver`` in a forked gunicorn worker makes a new one, so no socket opened
 before the fork is ever shared. Nothing is opened in the constructor.
 
-The request is assembled by hand and handed to ``Session.send``: ``Session.request``
-merges environment settings (proxies, ``REQUESTS_CA_BUNDLE``, ``.netrc``) on every call,
-which costs more than the POST itself on a loopback network. Headers and the
-``Authorization`` value are computed once, in ``configure``.
+requests builds the connection pool (its ``HTTPAdapter``: keep-alive, TLS verification
+against certifi's bundle) and each POST goes straight to that urllib3 pool. On the
+request path ``Session.request`` merges environment settings (proxies,
+``REQUESTS_CA_BUNDLE``, ``.netrc``) on every call, and even ``Session.send`` spends more
+on cookie jars, hooks and response wrapping than the POST itself costs on a fast
+network (measured: about 3x a raw ``http.client`` keep-alive POST, against 1.7x this
+way). Headers and the ``Authorization`` value are computed once, in ``configure``.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ import time
 from typing import Any, Mapping
 
 import requests
-from requests.cookies import RequestsCookieJar
-from requests.structures import CaseInsensitiveDict
+import requests.adapters
+import urllib3
+from urllib3 import HTTPConnectionPool
+from urllib3.util import Timeout, parse_url
 
 from .. import __version__
 from ..config import OptionReader
@@ -65,12 +70,8 @@ class HTTPDestination(Destination):
     def configure(self, options: OptionReader) -> None:
         self.timeout = options.number("timeout", DEFAULT_TIMEOUT, minimum=0.001)
         self.retries = options.integer("retries", DEFAULT_RETRIES)
-        self.headers: dict[str, str] = {
-            "User-Agent": USER_AGENT,
-            "Content-Type": "application/json",
-            "Accept": "*/*",
-            "Connection": "keep-alive",
-        }
+        # HTTP/1.1 keeps the connection alive without saying so; every header costs.
+        self.headers: dict[str, str] = {"User-Agent": USER_AGENT, "Content-Type": "application/json"}
         self._local = threading.local()
         self._sessions: list[tuple[int, requests.Session]] = []
         self._sessions_lock = threading.Lock()
@@ -86,47 +87,56 @@ class HTTPDestination(Destination):
 
     # -- delivery ---------------------------------------------------------------
 
-    def _session(self) -> requests.Session:
+    def _pool(self, url: str) -> tuple[HTTPConnectionPool, str]:
+        """This thread's connection pool for ``url``'s origin, and the request target."""
         pid = os.getpid()
-        session = getattr(self._local, "session", None)
-        if session is None or self._local.pid != pid:
+        local = self._local
+        session = getattr(local, "session", None)
+        if session is None or local.pid != pid:
             session = requests.Session()
-            # Never read proxies, certificates or .netrc from the environment per call.
+            # Never read proxies, certificates or .netrc from the environment.
             session.trust_env = False
-            self._local.session = session
-            self._local.pid = pid
+            local.session, local.pid, local.pools = session, pid, {}
             with self._sessions_lock:
                 self._sessions.append((pid, session))
-        return session
+        found = local.pools.get(url)
+        if found is None:
+            parsed = parse_url(url)
+            target = (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
+            found = local.pools[url] = (_pool_for(session, url), target)
+        return found  # type: ignore[no-any-return]
 
     def deliver(self, payload: Payload) -> None:
         self.deliver_within(payload, None)
 
     def deliver_within(self, payload: Payload, seconds: float | None) -> None:
         body = payload.body
-        request = requests.PreparedRequest()
-        request.method = "POST"
-        request.url = self.url_for(payload)
-        headers = CaseInsensitiveDict(self.headers)
-        headers["Content-Length"] = str(len(body))
-        headers.update(self.headers_for(payload))
-        request.headers = headers
-        request.body = body
-        # Session.send looks into it on a redirect (which is answered, never followed).
-        request._cookies = RequestsCookieJar()  # type: ignore[attr-defined]
-        timeout = self.timeout if seconds is None else max(0.001, min(self.timeout, seconds))
+        pool, target = self._pool(self.url_for(payload))
+        headers = {**self.headers, "Content-Length": str(len(body)), **self.headers_for(payload)}
+        seconds = self.timeout if seconds is None else max(0.001, min(self.timeout, seconds))
         try:
-            response = self._session().send(
-                request, timeout=timeout, allow_redirects=False, proxies={}, stream=False, verify=True, cert=None
+            response = pool.urlopen(
+                "POST",
+                target,
+                body=body,
+                headers=headers,
+                retries=False,  # retries are the dispatcher's, within its budget
+                redirect=False,
+                assert_same_host=False,
+                timeout=Timeout(connect=seconds, read=seconds),
+                preload_content=True,
             )
-        except requests.Timeout as exc:
-            raise DeliveryError(f"timed out after {timeout:.3g}s ({type(exc).__name__})") from None
-        except requests.RequestException as exc:
+        except urllib3.exceptions.NewConnectionError as exc:
+            # Caught first: urllib3 makes it a subclass of ConnectTimeoutError.
             raise DeliveryError(f"{type(exc).__name__}: {describe(exc)}") from None
-        status = response.status_code
+        except urllib3.exceptions.TimeoutError as exc:
+            raise DeliveryError(f"timed out after {seconds:.3g}s ({type(exc).__name__})") from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise DeliveryError(f"{type(exc).__name__}: {describe(exc)}") from None
+        status = response.status
         if 200 <= status < 300:
             return
-        text = response.text[:MAX_RESPONSE_TEXT]
+        text = response.data[:MAX_RESPONSE_TEXT].decode("utf-8", "replace")
         retryable = status >= 500 or status in RETRYABLE_STATUSES
         raise DeliveryError(
             f"HTTP {status}",
@@ -145,6 +155,20 @@ class HTTPDestination(Destination):
             if owner == pid:
                 session.close()
         self._local = threading.local()
+
+
+def _pool_for(session: requests.Session, url: str) -> HTTPConnectionPool:
+    """The urllib3 pool requests' adapter would use for ``url``, TLS verification included."""
+    adapter = session.get_adapter(url)
+    assert isinstance(adapter, requests.adapters.HTTPAdapter)
+    request = requests.PreparedRequest()
+    request.prepare(method="POST", url=url)
+    if hasattr(adapter, "get_connection_with_tls_context"):  # requests >= 2.32
+        pool = adapter.get_connection_with_tls_context(request, verify=True)
+    else:  # pragma: no cover - older requests
+        pool = adapter.get_connection(url)
+    adapter.cert_verify(pool, url, True, None)
+    return pool  # type: ignore[no-any-return]
 
 
 def describe(exc: BaseException) -> str:
