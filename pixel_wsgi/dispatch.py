@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Iterable, Mapping
 
-from .destinations import Destination, DeliveryError, Payload
+from .destinations import DeliveryError, Destination, Payload
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Dict
 
 from ..config import DestinationConfig
 from ..errors import ConfigError
-from .base import Destination, DeliveryError, Payload
+from .base import DeliveryError, Destination, Payload
 
 # Imported on demand so that a deployment that only stores to SQLite never imports
 # requests, and a user's class is loaded only when named.
