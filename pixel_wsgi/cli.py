@@ -140,7 +140,10 @@ class MaskingRequestHandler(WSGIRequestHandler):
     """werkzeug's request log line, with each write key cut to its first four characters."""
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        # Called once the response is written: the request no longer needs its path.
         self.requestline = _WRITE_KEY_IN_QUERY.sub(r"\1…", self.requestline)
+        if hasattr(self, "path"):
+            self.path = _WRITE_KEY_IN_QUERY.sub(r"\1…", self.path)
         super().log_request(code, size)
 
 
