@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from werkzeug.wrappers import Request, Response
 
-from pixel_wsgi import PixelMiddleware
+from pixel_wsgi import PixelApp, PixelMiddleware
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -38,7 +38,7 @@ def amp_page(environ: WSGIEnvironment, start_response: StartResponse) -> Iterabl
     return Response(html, content_type="text/html; charset=utf-8")(environ, start_response)
 
 
-def create_app(pixel_config: Mapping[str, Any] | str | None = None) -> WSGIApplication:
+def create_app(pixel_config: PixelApp | Mapping[str, Any] | str | None = None) -> WSGIApplication:
     """The page and the pixel; ``None`` reads ``$PIXEL_WSGI_CONFIG``."""
     return PixelMiddleware(amp_page, pixel_config)
 

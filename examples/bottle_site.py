@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import bottle
 
-from pixel_wsgi import PixelMiddleware
+from pixel_wsgi import PixelApp, PixelMiddleware
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -47,7 +47,7 @@ def create_site() -> bottle.Bottle:
     return site
 
 
-def create_app(pixel_config: Mapping[str, Any] | str | None = None) -> WSGIApplication:
+def create_app(pixel_config: PixelApp | Mapping[str, Any] | str | None = None) -> WSGIApplication:
     """The site and the pixel; ``None`` reads ``$PIXEL_WSGI_CONFIG``."""
     return PixelMiddleware(create_site(), pixel_config)
 

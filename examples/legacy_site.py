@@ -45,6 +45,7 @@ def create_site() -> WSGIApplication:
     return legacy_site
 
 
-def create_app(pixel_config: Mapping[str, Any] | str | None = None) -> WSGIApplication:
+def create_app(pixel_config: PixelApp | Mapping[str, Any] | str | None = None) -> WSGIApplication:
     """The site with the pixel under ``/analytics``; ``None`` reads ``$PIXEL_WSGI_CONFIG``."""
-    return DispatcherMiddleware(create_site(), {PIXEL_MOUNT: PixelApp(pixel_config)})
+    pixel = pixel_config if isinstance(pixel_config, PixelApp) else PixelApp(pixel_config)
+    return DispatcherMiddleware(create_site(), {PIXEL_MOUNT: pixel})

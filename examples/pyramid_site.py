@@ -25,7 +25,7 @@ from pyramid.config import Configurator
 from pyramid.request import Request
 from pyramid.response import Response
 
-from pixel_wsgi import PixelMiddleware
+from pixel_wsgi import PixelApp, PixelMiddleware
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -48,7 +48,7 @@ def create_site() -> WSGIApplication:
         return config.make_wsgi_app()
 
 
-def create_app(pixel_config: Mapping[str, Any] | str | None = None) -> WSGIApplication:
+def create_app(pixel_config: PixelApp | Mapping[str, Any] | str | None = None) -> WSGIApplication:
     """The site and the pixel; ``None`` reads ``$PIXEL_WSGI_CONFIG``."""
     return PixelMiddleware(create_site(), pixel_config)
 
