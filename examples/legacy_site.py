@@ -5,7 +5,7 @@ sees ``SCRIPT_NAME=/analytics`` and ``PATH_INFO=/pixel/v1/track``) and everythin
 to the site, which never knows the pixel is there. Run it from the repository root::
 
     PIXEL_WSGI_CONFIG=examples/dev.toml gunicorn --pythonpath examples \\
-        --workers 2 --threads 4 --bind 127.0.0.1:8000 'legacy_site:create_app()'
+        --workers 2 --threads 4 --limit-request-line 0 --bind 127.0.0.1:8000 'legacy_site:create_app()'
 
 Then try::
 

@@ -56,12 +56,22 @@ def docstring_commands(name: str) -> str:
 @pytest.mark.slow
 def test_gunicorn_serves_create_app_from_the_environment(tmp_path, sqlite_config):
     """The README's production line: gunicorn 'pixel_wsgi:create_app()' with PIXEL_WSGI_CONFIG."""
-    with gunicorn("pixel_wsgi:create_app()", output=tmp_path / "gunicorn.log", env={"PIXEL_WSGI_CONFIG": str(sqlite_config)}) as server:
+    with gunicorn(
+        "pixel_wsgi:create_app()", output=tmp_path / "gunicorn.log", env={"PIXEL_WSGI_CONFIG": str(sqlite_config)},
+        args=["--limit-request-line", "0"],
+    ) as server:  # fmt: skip
         status, headers, body = http_get(f"{server.url}/pixel/v1/page?writeKey=dev-write-key&anonymousId=g1&name=Home")
         assert (status, headers["content-type"], body) == (200, "image/gif", TRANSPARENT_GIF), server.log()
         status, _, body = http_get(f"{server.url}/pixel/v1/page?writeKey=dev-write-key")
         assert (status, body) == (400, b"anonymousId or userId is required (at least one, not empty)")
-    assert [event["name"] for event in stored(tmp_path)] == ["Home"]
+        # The README's --limit-request-line 0: a 30 KB pixel URL reaches the app (gunicorn's
+        # default stops at 4094 bytes), and the app's own 32 KiB limit answers 414.
+        long_value = "x" * 30_000
+        status, _, _ = http_get(f"{server.url}/pixel/v1/page?writeKey=dev-write-key&anonymousId=g2&properties.blob={long_value}")
+        assert status == 200, server.log()
+        status, _, body = http_get(f"{server.url}/pixel/v1/page?writeKey=dev-write-key&anonymousId=g3&properties.blob={long_value * 2}")
+        assert (status, body) == (414, b"query string longer than the limit of 32768 bytes")
+    assert [event["anonymousId"] for event in stored(tmp_path)] == ["g1", "g2"]
 
 
 @pytest.mark.slow
