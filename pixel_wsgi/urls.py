@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Iterator, List, Mapping, Tuple
 from urllib.parse import quote
 
 from marshmallow import ValidationError
@@ -54,12 +54,12 @@ def pixel_url(
     write_key: str,
     type: str = "page",
     *,
-    event: Optional[str] = None,
-    name: Optional[str] = None,
-    anonymous_id: Optional[str] = None,
-    user_id: Optional[str] = None,
-    properties: Optional[Mapping[str, Any]] = None,
-    context: Optional[Mapping[str, Any]] = None,
+    event: str | None = None,
+    name: str | None = None,
+    anonymous_id: str | None = None,
+    user_id: str | None = None,
+    properties: Mapping[str, Any] | None = None,
+    context: Mapping[str, Any] | None = None,
     **extra: Any,
 ) -> str:
     """The URL of one ``page`` or ``track`` pixel.

@@ -122,8 +122,9 @@ def _rows(db: Path) -> list[dict]:
 @pytest.fixture
 def store(tmp_path):
     """An event store with three events written by the sqlite destination itself."""
-    from pixel_wsgi import PixelApp
     from webtest import TestApp
+
+    from pixel_wsgi import PixelApp
 
     db = tmp_path / "events.sqlite3"
     app = PixelApp({"sources": [{"name": "web", "write_key": "k"}], "destinations": {"db": {"type": "sqlite", "path": str(db)}}})
