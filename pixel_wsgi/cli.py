@@ -98,6 +98,10 @@ def command_serve(args: argparse.Namespace) -> int:
         if args.config:
             app = PixelApp(args.config)
         else:
+            folder = os.path.dirname(os.path.abspath(args.db))
+            if not os.path.isdir(folder):
+                # Found now rather than as a 503 on the first pixel.
+                return _fail(f"--db {args.db}: the folder {folder} does not exist", 2)
             write_key = args.write_key or secrets.token_urlsafe(WRITE_KEY_BYTES)
             app = PixelApp(default_config(write_key, args.db))
     except ConfigError as exc:

@@ -109,6 +109,11 @@ def test_serve_refuses_write_key_with_config(tmp_path, capsys):
     assert "--write-key is for the embedded default" in capsys.readouterr().err
 
 
+def test_serve_refuses_a_db_in_a_missing_folder(tmp_path, capsys):
+    assert main(["serve", "--db", str(tmp_path / "nowhere" / "events.sqlite3"), "--port", "0"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
 def _rows(db: Path) -> list[dict]:
     with sqlite3.connect(db) as connection:
         events = [json.loads(text) for (text,) in connection.execute("SELECT event FROM events ORDER BY id")]
