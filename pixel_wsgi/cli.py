@@ -90,7 +90,6 @@ def _count(text: str) -> int:
 
 def command_serve(args: argparse.Namespace) -> int:
     """The development server: werkzeug's threaded server, the config's app or the embedded default."""
-    configure_logging(args.log_level)
     if args.config and args.write_key:
         return _fail("--write-key is for the embedded default; with --config the sources name their own keys", 2)
     write_key = None
@@ -113,6 +112,7 @@ def command_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         app.close()
         return _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", 1)
+    configure_logging(args.log_level)
     # SIGTERM (docker stop, kill) ends the server like Ctrl-C: destinations are closed.
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:

@@ -6,6 +6,7 @@ import json
 import re
 import shlex
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -112,6 +113,15 @@ def test_serve_refuses_write_key_with_config(tmp_path, capsys):
 def test_serve_refuses_a_db_in_a_missing_folder(tmp_path, capsys):
     assert main(["serve", "--db", str(tmp_path / "nowhere" / "events.sqlite3"), "--port", "0"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_serve_reports_a_port_in_use(tmp_path, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--db", str(tmp_path / "e.sqlite3"), "--port", str(port)]) == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
 def _rows(db: Path) -> list[dict]:
