@@ -109,6 +109,10 @@ def command_serve(args: argparse.Namespace) -> int:
         # make_server rather than run_simple: the port is known (even for --port 0)
         # before the banner is printed. Same server, same threads.
         server = make_server(args.host, args.port, app, threaded=True, request_handler=MaskingRequestHandler)
+    except SystemExit:
+        # werkzeug has already said why ("Address already in use", with advice) and exits.
+        app.close()
+        return 1
     except OSError as exc:
         app.close()
         return _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", 1)

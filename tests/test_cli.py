@@ -121,7 +121,7 @@ def test_serve_reports_a_port_in_use(tmp_path, capsys):
         taken.listen()
         port = taken.getsockname()[1]
         assert main(["serve", "--db", str(tmp_path / "e.sqlite3"), "--port", str(port)]) == 1
-    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    assert f"Port {port} is in use" in capsys.readouterr().err
 
 
 def _rows(db: Path) -> list[dict]:
