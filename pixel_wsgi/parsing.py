@@ -158,7 +158,7 @@ def nest(grouped: Dict[str, List[str]], limits: Limits) -> Dict[str, Any]:
         last = len(path) - 1
         for position in range(last):
             segment = path[position]
-            child = container.get(segment)
+            child: Any = container.get(segment)
             wants_array = isinstance(path[position + 1], int)
             if child is None:
                 child = _Indexed() if wants_array else {}

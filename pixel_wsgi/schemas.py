@@ -100,7 +100,7 @@ def infer_type(value: Any) -> Any:
     return value
 
 
-class SingleString(fields.Field):
+class SingleString(fields.Field):  # type: ignore[type-arg]  # generic only in marshmallow 4
     """One string value; an empty one becomes ``empty`` (``None`` leaves the field out)."""
 
     def __init__(self, *, empty: Any = None, **kwargs: Any) -> None:
@@ -122,7 +122,7 @@ class AnonymousIdField(SingleString):
         return text or None
 
 
-class MessageIdField(fields.Field):
+class MessageIdField(fields.Field):  # type: ignore[type-arg]
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
         text = _single(value)
         if not text:
@@ -132,7 +132,7 @@ class MessageIdField(fields.Field):
         return text
 
 
-class TimestampField(fields.Field):
+class TimestampField(fields.Field):  # type: ignore[type-arg]
     """An ISO 8601 date and time, kept as the client wrote it once it is known to be valid."""
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
@@ -157,7 +157,7 @@ def _object(value: Any) -> dict[str, Any]:
     raise ValidationError("must be given as nested parameters (name.key=value), not as a value")
 
 
-class PropertiesField(fields.Field):
+class PropertiesField(fields.Field):  # type: ignore[type-arg]
     """Open ``properties``: a few commerce names are numbers; ``infer_types`` types the rest."""
 
     def __init__(self, *, infer_types: bool = False, **kwargs: Any) -> None:
@@ -188,7 +188,7 @@ class PropertiesField(fields.Field):
         return result
 
 
-class ContextField(fields.Field):
+class ContextField(fields.Field):  # type: ignore[type-arg]
     """Open ``context``: any nested key; the screen's sizes are numbers."""
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
@@ -280,7 +280,7 @@ class EventSchemas:
             (base,),
             {"properties": PropertiesField(infer_types=infer_types)},
         )
-        return schema_class()
+        return schema_class()  # type: ignore[no-any-return]
 
     def load(self, event_type: str, data: Mapping[str, Any], *, infer_types: bool) -> dict[str, Any]:
         return self._schemas[(event_type, infer_types)].load(data)  # type: ignore[no-any-return]
