@@ -116,10 +116,10 @@ class PixelApp:
             return self._reject(rejection, environ, start_response, source)
         payload = Payload(event, source.name)
         if not self.dispatcher.dispatch(payload, self._destination_names[source.name]):
-            rejection = RequestRejected(503, "the event could not be delivered or stored; try again")
+            lost = RequestRejected(503, "the event could not be delivered or stored; try again")
             # Not answered as a pixel even for errors_as_pixel: a 200 would say the
             # event was accepted when it was lost.
-            return self._reject(rejection, environ, start_response, None)
+            return self._reject(lost, environ, start_response, None)
         return self.responses.success(start_response)
 
     # -- steps --------------------------------------------------------------

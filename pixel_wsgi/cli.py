@@ -3,12 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
+import re
+import secrets
+import shlex
+import signal
+import sqlite3
 import sys
-from typing import Sequence
+from typing import Any, Sequence
+
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from . import __version__
-from .config import CONFIG_ENV_VAR
+from .app import PixelApp
+from .config import CONFIG_ENV_VAR, load_config
+from .destinations import validate_destination
+from .destinations.sqlite import read_events
+from .errors import ConfigError
+from .responses import one_line
+
+WRITE_KEY_BYTES = 18  # 24 URL-safe characters: as hard to guess as a UUID4, shorter to type
+DEFAULT_DB = "pixel-events.sqlite3"
+DEFAULT_SOURCE = "default"
+EVENT_COLUMNS = ("TIME", "TYPE", "EVENT/NAME", "USER", "SOURCE")
+# SPEC §9: a write key is never logged in full, not even in the access log.
+_WRITE_KEY_IN_QUERY = re.compile(r"((?:^|[?&])writeKey=[^&\s]{0,4})[^&\s]*")
+# Wider cells would wrap the table in an 80-column terminal.
+MAX_CELL = 40
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,19 +41,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the development server")
     _add_config_option(serve)
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--write-key", help="write key of the embedded default source (without --config)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on, 0 for any free one (default: %(default)s)")
+    serve.add_argument("--write-key", help="write key of the embedded default source (default: a new random one)")
+    serve.add_argument("--db", default=DEFAULT_DB, metavar="FILE", help="event store of the embedded default (default: %(default)s)")
+    serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="(default: %(default)s)")
     serve.set_defaults(handler=command_serve)
 
     events = commands.add_parser("events", help="show what the SQLite event store holds")
-    events.add_argument("--db", default="pixel-events.sqlite3", help="the SQLite store (default: %(default)s)")
-    events.add_argument("--last", type=int, default=20, metavar="N", help="show the last N events (default: %(default)s)")
+    events.add_argument("--db", default=DEFAULT_DB, help="the SQLite store (default: %(default)s)")
+    events.add_argument("--last", type=_count, default=20, metavar="N", help="show the last N events, 0 for all (default: %(default)s)")
     events.add_argument("--json", action="store_true", help="one JSON event per line")
     events.set_defaults(handler=command_events)
 
     check = commands.add_parser("check-config", help="validate a configuration file")
-    check.add_argument("file", nargs="?", help=f"the TOML file (default: ${CONFIG_ENV_VAR})")
+    check.add_argument("file", nargs="?", help=f"the TOML file (default: --config or ${CONFIG_ENV_VAR})")
+    _add_config_option(check)
     check.set_defaults(handler=command_check_config)
 
     spool = commands.add_parser("spool", help="inspect and replay undelivered events")
@@ -55,16 +81,181 @@ def _add_config_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
 def command_serve(args: argparse.Namespace) -> int:
-    raise NotImplementedError  # issue 4
+    """The development server: werkzeug's threaded server, the config's app or the embedded default."""
+    if args.config and args.write_key:
+        return _fail("--write-key is for the embedded default; with --config the sources name their own keys", 2)
+    write_key = None
+    try:
+        if args.config:
+            app = PixelApp(args.config)
+        else:
+            folder = os.path.dirname(os.path.abspath(args.db))
+            if not os.path.isdir(folder):
+                # Found now rather than as a 503 on the first pixel.
+                return _fail(f"--db {args.db}: the folder {folder} does not exist", 2)
+            write_key = args.write_key or secrets.token_urlsafe(WRITE_KEY_BYTES)
+            app = PixelApp(default_config(write_key, args.db))
+    except ConfigError as exc:
+        return _config_errors(args.config or "the embedded default", exc)
+    try:
+        # make_server rather than run_simple: the port is known (even for --port 0)
+        # before the banner is printed. Same server, same threads.
+        server = make_server(args.host, args.port, app, threaded=True, request_handler=MaskingRequestHandler)
+    except SystemExit:
+        # werkzeug has already said why ("Address already in use", with advice) and exits.
+        app.close()
+        return 1
+    except OSError as exc:
+        app.close()
+        return _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", 1)
+    configure_logging(args.log_level)
+    # SIGTERM (docker stop, kill) ends the server like Ctrl-C: destinations are closed.
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        print(_banner(app, args, server.port, write_key), flush=True)
+        server.serve_forever()  # returns on KeyboardInterrupt
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.server_close()
+        app.close()
+    print("pixel-wsgi: stopped", flush=True)
+    return 0
+
+
+def default_config(write_key: str, db: str = DEFAULT_DB) -> dict[str, Any]:
+    """The embedded default: one source, every event stored in SQLite, the spool beside it."""
+    return {
+        "sources": [{"name": DEFAULT_SOURCE, "write_key": write_key}],
+        "destinations": {"events": {"type": "sqlite", "path": db}},
+        "spool": {"path": os.path.join(os.path.dirname(db), "pixel-spool.sqlite3")},
+    }
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Rejections (INFO) and delivery failures (WARNING) on stderr, one line each."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+class MaskingRequestHandler(WSGIRequestHandler):
+    """werkzeug's request log line, with each write key cut to its first four characters."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        # Called once the response is written: the request no longer needs its path.
+        self.requestline = _WRITE_KEY_IN_QUERY.sub(r"\1…", self.requestline)
+        if hasattr(self, "path"):
+            self.path = _WRITE_KEY_IN_QUERY.sub(r"\1…", self.path)
+        super().log_request(code, size)
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _banner(app: PixelApp, args: argparse.Namespace, port: int, write_key: str | None) -> str:
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(args.host, args.host)
+    origin = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    page, track = (origin + path for path in app.paths)
+    lines = [f"pixel-wsgi {__version__} development server (for production, run it under gunicorn)"]
+    if write_key is not None:
+        db = os.path.abspath(args.db)
+        lines += [
+            f"  write key: {write_key}",
+            f"  events:    stored in {db}; see them with: pixel-wsgi events --db {shlex.quote(db)}",
+        ]
+        key_text = write_key
+    else:
+        source = next((s for s in app.config.sources if s.enabled), app.config.sources[0])
+        lines.append(f"  config:    {args.config} ({len(app.config.sources)} sources; the example uses source {source.name!r})")
+        # A configured write key stays out of the terminal's scrollback: the curl line
+        # reads it from the shell instead.
+        key_text = "$WRITE_KEY"
+    query = f"writeKey={key_text}&anonymousId=curl-user&event=Tried%20It&properties.revenue=9.99"
+    lines += [
+        f"  page:      {page}",
+        f"  track:     {track}",
+        "Try it:",
+        f'  curl -i "{track}?{query}"',
+        "Press Ctrl-C to stop.",
+    ]
+    return "\n".join(lines)
 
 
 def command_events(args: argparse.Namespace) -> int:
-    raise NotImplementedError  # issue 4
+    """What the SQLite store holds: a table, or one JSON event per line."""
+    if not os.path.exists(args.db):
+        return _fail(f"{args.db}: no such event store (run `pixel-wsgi serve` first, or pass --db FILE)", 1)
+    try:
+        rows = read_events(args.db, args.last or None)
+    except sqlite3.Error as exc:
+        return _fail(f"{args.db}: not a pixel-wsgi event store ({exc})", 1)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row["event"], ensure_ascii=False))
+        return 0
+    if not rows:
+        print(f"{args.db}: no events yet")
+        return 0
+    print(format_table([EVENT_COLUMNS, *(_event_row(row) for row in rows)]))
+    return 0
+
+
+def _event_row(row: dict[str, Any]) -> tuple[str, ...]:
+    event = row["event"]
+    label = event.get("event") if row["type"] == "track" else event.get("name")
+    user = event.get("userId") or event.get("anonymousId") or ""
+    return (row["received_at"], row["type"], str(label or "-"), str(user), row["source"])
+
+
+def format_table(rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns; long cells end in an ellipsis, control characters become spaces."""
+    cells = [[_cell(value) for value in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    return "\n".join("  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip() for row in cells)
+
+
+def _cell(value: str) -> str:
+    value = one_line(value)
+    return value if len(value) <= MAX_CELL else value[: MAX_CELL - 1] + "…"
 
 
 def command_check_config(args: argparse.Namespace) -> int:
-    raise NotImplementedError  # issue 4
+    """Exit 0 with a one-line summary, or 1 with every mistake and its key path."""
+    path = args.file or args.config
+    if not path:
+        return _fail(f"no configuration: pass FILE or set ${CONFIG_ENV_VAR}", 2)
+    try:
+        config = load_config(path, validate_destination=validate_destination)
+    except ConfigError as exc:
+        return _config_errors(path, exc)
+    destinations = ", ".join(f"{name} ({d.type})" for name, d in config.destinations.items())
+    sources = ", ".join(s.name + ("" if s.enabled else " (disabled)") for s in config.sources)
+    print(
+        f"{path}: OK: {len(config.sources)} source{'s' if len(config.sources) != 1 else ''} ({sources}), "
+        f"{len(config.destinations)} destination{'s' if len(config.destinations) != 1 else ''} ({destinations}), "
+        f"prefix {config.prefix or '(none)'}"
+    )
+    return 0
+
+
+def _config_errors(path: str, exc: ConfigError) -> int:
+    count = len(exc.errors)
+    print(f"{path}: {count} mistake{'s' if count != 1 else ''}:", file=sys.stderr)
+    for error in exc.errors:
+        print(f"  {error}", file=sys.stderr)
+    return 1
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"pixel-wsgi: {message}", file=sys.stderr)
+    return code
 
 
 def command_spool_list(args: argparse.Namespace) -> int:

@@ -145,14 +145,14 @@ class OptionReader:
         return value
 
     def boolean(self, key: str, default: bool) -> bool:
-        return self._get(key, (bool,), "true or false", default, False)
+        return bool(self._get(key, (bool,), "true or false", default, False))
 
     def integer(self, key: str, default: int, *, minimum: int = 0) -> int:
         value = self._get(key, (int,), "an integer", default, False)
         if value < minimum:
             self.error(key, f"must be at least {minimum}")
             return default
-        return value
+        return int(value)
 
     def number(self, key: str, default: float, *, minimum: float = 0.0) -> float:
         value = self._get(key, (int, float), "a number", default, False)
@@ -179,7 +179,8 @@ class OptionReader:
         return dict(value)
 
     def table_of(self, key: str) -> Mapping[str, Any]:
-        return self._get(key, (dict,), "a table", {}, False)
+        table: Mapping[str, Any] = self._get(key, (dict,), "a table", {}, False)
+        return table
 
     def reject_unknown(self) -> None:
         for key in self.table:
@@ -277,8 +278,8 @@ def _build_config(raw: Mapping[str, Any], errors: list[str]) -> Config:
     if not isinstance(raw_sources, list) or not raw_sources:
         errors.append("sources: at least one [[sources]] table is required")
         raw_sources = []
-    sources = [_build_source(item, f"sources[{i}]", destinations, errors) for i, item in enumerate(raw_sources)]
-    sources = [s for s in sources if s is not None]
+    built = [_build_source(item, f"sources[{i}]", destinations, errors) for i, item in enumerate(raw_sources)]
+    sources = [source for source in built if source is not None]
     _check_unique(sources, errors)
     if not raw_destinations:
         errors.append("destinations: at least one destination is required (events must go somewhere)")

@@ -35,7 +35,7 @@ SPOOL_RETRY_DELAY = 60.0
 
 def backoff(retry: int) -> float:
     """Seconds before retry number ``retry`` (1, 2, ...): exponential, with "equal jitter"."""
-    ceiling = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (retry - 1))
+    ceiling = min(BACKOFF_MAX, BACKOFF_BASE * 2.0 ** (retry - 1))
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
@@ -45,7 +45,7 @@ class Outcome:
 
     attempts: int
     error: DeliveryError | None = None
-    # Seconds until trying again makes sense (Retry-After, or the last backoff).
+    # Seconds until trying again makes sense (Retry-After, or SPOOL_RETRY_DELAY).
     retry_in: float = SPOOL_RETRY_DELAY
 
 
@@ -151,8 +151,8 @@ class Dispatcher:
             if not breaker.allow():
                 # Not a delivery failure (nothing was tried), so no WARNING per event:
                 # the breaker logged once when it opened.
-                error = DeliveryError("circuit open: not tried")
-                safe = self._spool(name, payload, Outcome(0, error, breaker.cooldown)) and safe
+                skipped = Outcome(0, DeliveryError("circuit open: not tried"), breaker.cooldown)
+                safe = self._spool(name, payload, skipped) and safe
                 continue
             outcome = self.deliver(self.destinations[name], payload, deadline)
             error = outcome.error
@@ -176,7 +176,7 @@ class Dispatcher:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 error = DeliveryError("dispatch budget spent" + (" before the first attempt" if not attempts else ""))
-                return Outcome(attempts, error, backoff(attempts + 1))
+                return Outcome(attempts, error)
             attempts += 1
             try:
                 destination.deliver_within(payload, remaining)
@@ -189,7 +189,8 @@ class Dispatcher:
                 return Outcome(attempts, error)
             delay = error.retry_after if error.retry_after is not None else backoff(attempts)
             if attempts > destination.retries or time.monotonic() + delay >= deadline:
-                return Outcome(attempts, error, max(delay, 0.0))
+                # Due again when the destination asked, or in a minute: not after one more backoff.
+                return Outcome(attempts, error, error.retry_after if error.retry_after is not None else SPOOL_RETRY_DELAY)
             logger.debug("delivery to %s: attempt %d failed (%s); retrying in %.3fs", destination.name, attempts, error, delay)
             self.sleep(delay)
 

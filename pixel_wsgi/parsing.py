@@ -184,7 +184,7 @@ def nest(grouped: Dict[str, List[str]], limits: Limits) -> Dict[str, Any]:
         container: Any = root
         for position, wants_array in enumerate(wants_arrays):
             segment = path[position]
-            child = container.get(segment)
+            child: Any = container.get(segment)
             if child is None:
                 child = _Indexed() if wants_array else {}
                 container[segment] = child

@@ -71,13 +71,13 @@ class Responses:
         start_response("200 OK", headers)
         return [] if head else [self.success_body]
 
-    def error(self, start_response: StartResponse, status: int, reason: str, extra: Headers = ()) -> Iterable[bytes]:
+    def error(self, start_response: StartResponse, status: int, reason: str, extra: Headers | None = None) -> Iterable[bytes]:
         body = one_line(reason).encode("utf-8")
         headers = [
             ("Content-Type", "text/plain; charset=utf-8"),
             ("Content-Length", str(len(body))),
             *self.common_headers,
-            *extra,
+            *(extra or ()),
         ]
         start_response(STATUS_LINES.get(status, f"{status} Error"), headers)
         return [body]

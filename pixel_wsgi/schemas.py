@@ -100,7 +100,7 @@ def infer_type(value: Any) -> Any:
     return value
 
 
-class PixelField(fields.Field):
+class PixelField(fields.Field):  # type: ignore[type-arg]  # generic only in marshmallow 4
     """Base of the event's fields: they validate in ``_deserialize`` and take no ``validate=``."""
 
     def _validate(self, value: Any) -> None:

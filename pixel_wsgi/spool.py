@@ -40,7 +40,9 @@ CREATE TABLE IF NOT EXISTS spool (
 );
 CREATE INDEX IF NOT EXISTS spool_destination ON spool (destination, dead, id);
 """
-COLUMNS = ("id", "destination", "message_id", "source", "event", "attempts", "last_error", "response", "next_attempt_at", "dead", "created_at")
+COLUMNS = (
+    "id", "destination", "message_id", "source", "event", "attempts", "last_error", "response", "next_attempt_at", "dead", "created_at"
+)  # fmt: skip
 INSERT = (
     "INSERT INTO spool (destination, message_id, source, event, attempts, last_error, response, next_attempt_at, dead, created_at)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -70,6 +72,11 @@ class SpooledEvent:
 
     def decoded(self) -> dict[str, Any]:
         return json.loads(self.event)  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> SpooledEvent:
+        row_id, destination, message_id, source, event, attempts, last_error, response, next_attempt_at, dead, created_at = row
+        return cls(row_id, destination, message_id, source, event, attempts, last_error, response, next_attempt_at, bool(dead), created_at)
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -182,7 +189,7 @@ class Spool:
             if not rows:
                 return
             for row in rows:
-                yield SpooledEvent(*row[:9], dead=bool(row[9]), created_at=row[10])
+                yield SpooledEvent.from_row(row)
             last = rows[-1][0]
 
     def remove(self, row_id: int) -> None:
@@ -199,7 +206,7 @@ class Spool:
     def all(self) -> list[SpooledEvent]:
         """Every row, oldest first (tests and small spools only)."""
         rows = self._connection().execute(f"SELECT {', '.join(COLUMNS)} FROM spool ORDER BY id").fetchall()
-        return [SpooledEvent(*row[:9], dead=bool(row[9]), created_at=row[10]) for row in rows]
+        return [SpooledEvent.from_row(row) for row in rows]
 
     def close(self) -> None:
         pid = os.getpid()

@@ -12,7 +12,7 @@ import pytest
 
 from pixel_wsgi import __version__
 from pixel_wsgi.config import DestinationConfig, OptionReader
-from pixel_wsgi.destinations import Destination, DeliveryError, Payload, build_destination
+from pixel_wsgi.destinations import DeliveryError, Destination, Payload, build_destination
 from pixel_wsgi.errors import ConfigError
 from tests.support.sink import Reply, Sink, sink_fixture
 
@@ -218,3 +218,22 @@ def test_constructors_open_nothing(tmp_path):
     destination = build("webhook", url="http://127.0.0.1:9")
     assert list(tmp_path.iterdir()) == []
     assert destination._sessions == []
+
+
+def test_a_forked_worker_opens_its_own_connections(sink, closing, monkeypatch):
+    """Pins gunicorn fork safety: a new pid gets a new session; the parent's is left alone."""
+    import os
+
+    destination = build("webhook", url=sink.url)
+    closing.append(destination)
+    destination.deliver(payload("m-parent"))
+    parent_session = destination._local.session
+    parent_pid = os.getpid()
+    monkeypatch.setattr(os, "getpid", lambda: parent_pid + 1)
+    destination.deliver(payload("m-child"))
+    assert destination._local.session is not parent_session
+    destination.close()  # the "child" closes only what it opened
+    monkeypatch.undo()
+    assert len(parent_session.get_adapter(sink.url).poolmanager.pools) == 1  # not closed by the child
+    parent_session.close()
+    assert sink.delivered_message_ids() == ["m-parent", "m-child"]

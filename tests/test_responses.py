@@ -150,8 +150,13 @@ def test_rejections_are_logged_once_with_status_reason_path_and_client(client, c
 def test_undeliverable_event_is_503_even_with_errors_as_pixel(tmp_path):
     config = memory_config(WRITE_KEY, errors_as_pixel=True)
     config["destinations"] = {"broken": {"type": "tests.support.destinations:AlwaysFailingDestination"}}
-    config["spool"] = {"path": str(tmp_path / "no-such-dir" / "spool.sqlite3")}
+    spool_dir = tmp_path / "spool-dir"
+    spool_dir.mkdir()
+    config["spool"] = {"path": str(spool_dir / "spool.sqlite3")}
     app = PixelApp(config)
+    # A spool that is unusable at start-up is a ConfigError (issue 3); one that goes
+    # away later costs the client a 503.
+    spool_dir.rmdir()
     response = TestApp(app).get(f"/pixel/v1/track?{VALID}", status=503)
     assert response.content_type == "text/plain"
     assert response.text == "the event could not be delivered or stored; try again"
