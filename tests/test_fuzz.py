@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import re
-from wsgiref.validate import validator
-
+from urllib.parse import quote
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from pixel_wsgi.testing import memory_app
+from tests.support.wsgi import call_wsgi
 
 WRITE_KEY = "fuzz-write-key"
 DOCUMENTED = {200, 400, 401, 404, 414}
@@ -47,65 +47,8 @@ def apps():
 
 
 def call(app, path: str, raw_query: bytes):
-    """One request through wsgiref's validator, as a server would make it."""
-    environ = {
-        "REQUEST_METHOD": "GET",
-        "SCRIPT_NAME": "",
-        "PATH_INFO": path,
-        "QUERY_STRING": raw_query.decode("latin-1"),
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "192.0.2.10",
-        "HTTP_USER_AGENT": "fuzz",
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": "http",
-        "wsgi.input": _EmptyInput(),
-        "wsgi.errors": _NoErrors(),
-        "wsgi.multithread": False,
-        "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-    }
-    captured = {}
-
-    def start_response(status, headers, exc_info=None):
-        captured["status"] = int(status.split()[0])
-        captured["headers"] = dict(headers)
-        return lambda data: None
-
-    body_iter = validator(app)(environ, start_response)
-    try:
-        body = b"".join(body_iter)
-    finally:
-        body_iter.close()
-    return captured["status"], captured["headers"], body
-
-
-class _EmptyInput:
-    def read(self, *args):
-        return b""
-
-    def readline(self, *args):
-        return b""
-
-    def readlines(self, *args):
-        return []
-
-    def __iter__(self):
-        return iter(())
-
-
-class _NoErrors:
-    """``wsgi.errors`` that fails the test when written to: the app logs through logging."""
-
-    def write(self, text):
-        raise AssertionError(f"wrote to wsgi.errors: {text!r}")
-
-    def writelines(self, lines):
-        raise AssertionError(f"wrote to wsgi.errors: {lines!r}")
-
-    def flush(self):
-        pass
+    response = call_wsgi(app, path, raw_query)
+    return response.status, response.headers, response.body
 
 
 def assert_documented(status: int, headers: dict, body: bytes, *, as_pixel: bool) -> None:
@@ -143,13 +86,35 @@ _ATOMS = st.one_of(
 )
 _RUNS = st.tuples(st.sampled_from([".", "[", "]", "[0]", "a.", "&", "=", "%", "+", "[]"]),
                   st.integers(min_value=1, max_value=400)).map(lambda pair: pair[0] * pair[1])
+# Python refuses to convert integer strings over 4300 digits: numbers around that size.
+_DIGIT_RUNS = st.integers(min_value=4000, max_value=6000).map(lambda count: "9" * count)
 # Text as UTF-8 on the wire; a few raw bytes that are not UTF-8 at all are mixed in.
 _RAW_ATOMS = st.sampled_from([b"\xff", b"\xc3", b"\x80", b"\xed\xa0\x80", b"\xc0\xaf"])
 structured_query = st.lists(
-    st.one_of(_ATOMS.map(str.encode), _RUNS.map(str.encode), _RAW_ATOMS), max_size=40
+    st.one_of(_ATOMS.map(str.encode), _RUNS.map(str.encode), _DIGIT_RUNS.map(str.encode), _RAW_ATOMS), max_size=40
 ).map(b"".join)
+# Well-formed parameters with hostile values: these get past the parser to the schemas.
+_NESTED_KEYS = st.tuples(
+    st.sampled_from(["properties", "context", "context.screen", "properties.products[0]", "properties.items.0"]),
+    st.sampled_from([".revenue", ".quantity", ".price", ".width", ".density", ".n", "[]", ".tags[]", "[0]", ".0",
+                     ".page.path", ".ip", ".library.name"]),
+).map("".join)
+_TOP_LEVEL_KEYS = st.sampled_from(["userId", "messageId", "timestamp", "originalTimestamp", "sentAt", "name",
+                                   "category", "channel", "type", "receivedAt", "integrations.All", "cb"])
+_VALUES = st.one_of(
+    _ATOMS,
+    _DIGIT_RUNS,
+    st.from_regex(r"-?\d{1,30}(\.\d{1,30})?([eE][+-]?\d{1,6})?", fullmatch=True),
+    st.sampled_from(["true", "false", "null", "NaN", "Infinity", "-0", "1e309", "0x10", "１２", "\"q\"",
+                     "2024-02-30T12:00:00Z", "2024-01-31T24:00:00Z", "2024-01-31T12:00:00+99:99"]),
+)
+parameters = (
+    st.lists(st.tuples(st.one_of(_NESTED_KEYS, _TOP_LEVEL_KEYS), _VALUES), max_size=8, unique_by=lambda pair: pair[0])
+    .map(lambda pairs: "&".join(f"{key}={quote(value)}" for key, value in pairs))
+    .map(str.encode)
+)
 raw_bytes = st.binary(max_size=2048)
-any_query = st.one_of(raw_bytes, structured_query)
+any_query = st.one_of(raw_bytes, structured_query, parameters)
 paths = st.sampled_from(["/pixel/v1/page", "/pixel/v1/track"])
 
 
