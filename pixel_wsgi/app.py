@@ -25,6 +25,7 @@ from .event import complete_event
 from .parsing import nest, split_query, top_level_name
 from .responses import Responses, one_line
 from .schemas import EventSchemas, format_errors
+from .spool import Spool
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -52,7 +53,10 @@ class PixelApp:
         self.destinations: Dict[str, Destination] = {
             name: build_destination(settings) for name, settings in self.config.destinations.items()
         }
-        self.dispatcher = Dispatcher(self.destinations)
+        self.spool = Spool(self.config.spool.path)
+        # Opens an existing spool file once and closes it: a corrupt spool fails here.
+        self.spool.check()
+        self.dispatcher = Dispatcher(self.destinations, self.spool, self.config.dispatch)
         self.sources_by_write_key = {source.write_key: source for source in self.config.sources}
         self.schemas = EventSchemas()
         self.responses = Responses(self.config)

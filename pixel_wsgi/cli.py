@@ -68,11 +68,85 @@ def command_check_config(args: argparse.Namespace) -> int:
 
 
 def command_spool_list(args: argparse.Namespace) -> int:
-    raise NotImplementedError  # issue 3
+    from .config import load_config
+    from .destinations import validate_destination
+    from .errors import ConfigError
+    from .spool import Spool
+
+    try:
+        config = load_config(args.config, validate_destination=validate_destination)
+        spool = Spool(config.spool.path)
+        spool.check()
+    except ConfigError as exc:
+        return _config_failure(exc)
+    try:
+        counts = spool.counts() if os.path.exists(spool.path) else {}
+    finally:
+        spool.close()
+    names = list(config.destinations) + sorted(set(counts) - set(config.destinations))
+    width = max([len("destination")] + [len(name) for name in names])
+    print(f"{'destination':<{width}}  waiting  dead   ({spool.path})")
+    for name in names:
+        waiting, dead = counts.get(name, (0, 0))
+        note = "" if name in config.destinations else "  (not configured)"
+        print(f"{name:<{width}}  {waiting:>7}  {dead:>4}{note}")
+    return 0
 
 
 def command_spool_replay(args: argparse.Namespace) -> int:
-    raise NotImplementedError  # issue 3
+    import logging
+
+    from .config import load_config
+    from .destinations import build_destination, validate_destination
+    from .dispatch import Dispatcher
+    from .errors import ConfigError
+    from .spool import Spool
+
+    try:
+        config = load_config(args.config, validate_destination=validate_destination)
+        if args.destination is not None and args.destination not in config.destinations:
+            raise ConfigError(f"--destination: no destination named {args.destination!r} in the configuration")
+        spool = Spool(config.spool.path)
+        spool.check()
+        destinations = {name: build_destination(settings) for name, settings in config.destinations.items()}
+    except ConfigError as exc:
+        return _config_failure(exc)
+    if not logging.getLogger().handlers:
+        # Delivery failures are WARNINGs of pixel_wsgi.dispatch: show them on stderr.
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    dispatcher = Dispatcher(destinations, spool, config.dispatch)
+    try:
+        if not os.path.exists(spool.path):
+            print(f"the spool {spool.path} is empty")
+            return 0
+        names = [args.destination] if args.destination else list(config.destinations)
+        for name in names:
+            report = dispatcher.replay(name, dead=args.dead)
+            line = f"{name}: {report.delivered} delivered"
+            if report.refused:
+                line += f", {report.refused} refused (kept as dead)"
+            if report.stopped:
+                line += f"; stopped: {report.stopped}"
+            print(line)
+        left = 0
+        for name, (waiting, dead) in spool.counts().items():
+            if args.destination and name != args.destination:
+                continue
+            if name not in config.destinations:
+                print(f"{name}: {waiting + dead} events left for a destination that is not configured")
+            left += waiting + (dead if args.dead or name not in config.destinations else 0)
+            if dead and not args.dead and name in config.destinations:
+                print(f"{name}: {dead} dead events left (replay them with --dead)")
+        print(f"{left} events left to deliver" if left else "nothing left to deliver")
+        return 1 if left else 0
+    finally:
+        dispatcher.close()
+
+
+def _config_failure(exc: Exception) -> int:
+    for line in getattr(exc, "errors", [str(exc)]):
+        print(f"pixel-wsgi: {line}", file=sys.stderr)
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:

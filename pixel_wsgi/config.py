@@ -199,7 +199,7 @@ def expand_environment(value: Any, path: str, errors: list[str], environ: Mappin
             name = match.group(1)
             if name not in environ:
                 errors.append(f"{path}: environment variable {name} is not set")
-                return ""
+                return match.group(0)  # left as written: later checks must not report it again
             return environ[name]
 
         return _ENV_REFERENCE.sub(substitute, value)
@@ -269,7 +269,8 @@ def _build_config(raw: Mapping[str, Any], errors: list[str]) -> Config:
     spool = SpoolConfig(path=spool_reader.nonempty_string("path", "pixel-spool.sqlite3"))
     spool_reader.reject_unknown()
     dispatch = _build_dispatch(OptionReader(top.table_of("dispatch"), "dispatch", errors))
-    destinations = dict(_build_destinations(top.table_of("destinations"), errors))
+    raw_destinations = top.table_of("destinations")
+    destinations = dict(_build_destinations(raw_destinations, errors))
 
     top.seen.add("sources")
     raw_sources = raw.get("sources")
@@ -279,7 +280,7 @@ def _build_config(raw: Mapping[str, Any], errors: list[str]) -> Config:
     sources = [_build_source(item, f"sources[{i}]", destinations, errors) for i, item in enumerate(raw_sources)]
     sources = [s for s in sources if s is not None]
     _check_unique(sources, errors)
-    if not destinations:
+    if not raw_destinations:
         errors.append("destinations: at least one destination is required (events must go somewhere)")
     top.reject_unknown()
     return Config(

@@ -1,36 +1,269 @@
 """Synchronous delivery of one event to the destinations of its source.
 
 The app only asks ``dispatcher.dispatch(payload, names)`` and gets back whether the
-event is safe (delivered, or kept for later); how destinations fail, are retried,
-are spooled and are cut off by a circuit breaker is decided here.
+event is safe: delivered to every destination, or in the spool for the ones that did
+not take it. How destinations fail, are retried, are spooled and are cut off by a
+circuit breaker is decided here.
+
+Delivery is at least once. A request that timed out may still have arrived, and its
+event is then spooled and sent again; the ``messageId`` is kept so that destinations
+can drop the duplicate.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Mapping
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
 
-from .destinations import Destination, DeliveryError, Payload
+from .config import DispatchConfig
+from .destinations import DeliveryError, Destination, Payload
+from .spool import Spool
 
 logger = logging.getLogger(__name__)
 
+# The first retry waits about this long, each next one twice as long (with jitter,
+# so that the workers that failed together do not retry together), up to BACKOFF_MAX.
+BACKOFF_BASE = 0.05
+BACKOFF_MAX = 2.0
+# When a spooled event is due again if the destination did not say (Retry-After).
+SPOOL_RETRY_DELAY = 60.0
+
+
+def backoff(retry: int) -> float:
+    """Seconds before retry number ``retry`` (1, 2, ...): exponential, with "equal jitter"."""
+    ceiling = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (retry - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+@dataclass
+class Outcome:
+    """What came of delivering one event to one destination, retries included."""
+
+    attempts: int
+    error: DeliveryError | None = None
+    # Seconds until trying again makes sense (Retry-After, or the last backoff).
+    retry_in: float = SPOOL_RETRY_DELAY
+
+
+class CircuitBreaker:
+    """Per destination and per process: after ``failures`` failed deliveries in a row, the
+    circuit opens and events go straight to the spool; after ``cooldown`` seconds one
+    request is let through as a probe, and its result closes or reopens the circuit.
+
+    The request path reads two attributes without a lock; the lock is only taken to
+    change state, which happens on failures and on the first success after them.
+    """
+
+    def __init__(self, name: str, failures: int, cooldown: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self.threshold = failures
+        self.cooldown = cooldown
+        self.clock = clock
+        self.failures = 0
+        self.opened_at: float | None = None
+        self._probe_started: float | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def is_open(self) -> bool:
+        return self.opened_at is not None
+
+    def allow(self) -> bool:
+        """Whether to try the destination now (``False``: spool without trying)."""
+        if self.opened_at is None:
+            return True
+        with self._lock:
+            if self.opened_at is None:
+                return True
+            now = self.clock()
+            if now - self.opened_at < self.cooldown:
+                return False
+            # One probe at a time; a probe that never came back frees the slot after a cooldown.
+            if self._probe_started is not None and now - self._probe_started < self.cooldown:
+                return False
+            self._probe_started = now
+            return True
+
+    def success(self) -> None:
+        if self.failures == 0 and self.opened_at is None:
+            return
+        with self._lock:
+            if self.opened_at is not None:
+                logger.warning("destination %s answers again: circuit closed", self.name)
+            self.failures = 0
+            self.opened_at = None
+            self._probe_started = None
+
+    def failure(self) -> None:
+        with self._lock:
+            self.failures += 1
+            if self.opened_at is not None:
+                # The probe failed: another cooldown.
+                self.opened_at = self.clock()
+                self._probe_started = None
+            elif self.failures >= self.threshold:
+                self.opened_at = self.clock()
+                logger.warning(
+                    "destination %s failed %d times in a row: circuit open, its events go to the spool for %gs",
+                    self.name,
+                    self.failures,
+                    self.cooldown,
+                )
+
+
+@dataclass
+class ReplayReport:
+    destination: str
+    delivered: int = 0
+    # Events that the destination refused for good (4xx) during this replay.
+    refused: int = 0
+    # Why replay stopped early for this destination, if it did.
+    stopped: str | None = None
+
 
 class Dispatcher:
-    def __init__(self, destinations: Mapping[str, Destination]) -> None:
+    def __init__(
+        self,
+        destinations: Mapping[str, Destination],
+        spool: Spool | None = None,
+        settings: DispatchConfig | None = None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.destinations = dict(destinations)
+        self.spool = spool
+        self.settings = settings or DispatchConfig()
+        self.sleep = sleep
+        self.breakers = {
+            name: CircuitBreaker(name, self.settings.breaker_failures, self.settings.breaker_cooldown) for name in self.destinations
+        }
 
     def dispatch(self, payload: Payload, names: Iterable[str]) -> bool:
-        """Deliver to each named destination; ``True`` when every one has the event."""
+        """Deliver to each named destination or spool; ``True`` when the event is safe everywhere."""
+        deadline = time.monotonic() + self.settings.budget
         safe = True
         for name in names:
-            destination = self.destinations[name]
-            try:
-                destination.deliver(payload)
-            except Exception as exc:  # a destination must never break the request
-                reason = exc if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {exc}"
-                logger.warning("delivery to %s failed: %s (messageId %s)", name, reason, payload.message_id)
-                safe = False
+            breaker = self.breakers[name]
+            if not breaker.allow():
+                # Not a delivery failure (nothing was tried), so no WARNING per event:
+                # the breaker logged once when it opened.
+                error = DeliveryError("circuit open: not tried")
+                safe = self._spool(name, payload, Outcome(0, error, breaker.cooldown)) and safe
+                continue
+            outcome = self.deliver(self.destinations[name], payload, deadline)
+            error = outcome.error
+            if error is None:
+                breaker.success()
+                continue
+            if outcome.attempts:
+                # A refusal (4xx) says the destination is up: only retryable failures count.
+                if error.retryable:
+                    breaker.failure()
+                else:
+                    breaker.success()
+            self._log_failure(name, payload.message_id, outcome)
+            safe = self._spool(name, payload, outcome) and safe
         return safe
+
+    def deliver(self, destination: Destination, payload: Payload, deadline: float) -> Outcome:
+        """Try, and retry what may succeed on retry, until delivered, refused or out of time."""
+        attempts = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                error = DeliveryError("dispatch budget spent" + (" before the first attempt" if not attempts else ""))
+                return Outcome(attempts, error, backoff(attempts + 1))
+            attempts += 1
+            try:
+                destination.deliver_within(payload, remaining)
+                return Outcome(attempts)
+            except DeliveryError as exc:
+                error = exc
+            except Exception as exc:  # a user's destination must never break the request
+                error = DeliveryError(f"{type(exc).__name__}: {exc}")
+            if not error.retryable:
+                return Outcome(attempts, error)
+            delay = error.retry_after if error.retry_after is not None else backoff(attempts)
+            if attempts > destination.retries or time.monotonic() + delay >= deadline:
+                return Outcome(attempts, error, max(delay, 0.0))
+            logger.debug("delivery to %s: attempt %d failed (%s); retrying in %.3fs", destination.name, attempts, error, delay)
+            self.sleep(delay)
+
+    def _spool(self, name: str, payload: Payload, outcome: Outcome) -> bool:
+        error = outcome.error
+        assert error is not None
+        if self.spool is None:
+            return False
+        dead = not error.retryable
+        try:
+            self.spool.add(
+                name,
+                payload.message_id,
+                payload.source,
+                payload.body,
+                attempts=outcome.attempts,
+                error=str(error),
+                response=error.response,
+                next_attempt_at=None if dead else time.time() + outcome.retry_in,
+                dead=dead,
+            )
+        except Exception:  # the spool failing is the one case that costs the client a 503
+            logger.exception("the spool could not keep the event for %s (messageId %s)", name, payload.message_id)
+            return False
+        return True
+
+    @staticmethod
+    def _log_failure(name: str, message_id: str, outcome: Outcome) -> None:
+        error = outcome.error
+        assert error is not None
+        logger.warning(
+            "delivery to %s failed: %s (messageId %s, %d attempt%s); %s",
+            name,
+            error,
+            message_id,
+            outcome.attempts,
+            "" if outcome.attempts == 1 else "s",
+            "spooled" if error.retryable else "spooled as dead",
+        )
+
+    # -- the spool, for ``pixel-wsgi spool replay`` ------------------------------------
+
+    def replay(self, name: str, *, dead: bool = False) -> ReplayReport:
+        """Re-send a destination's spooled events oldest first; remove each one delivered.
+
+        A retryable failure stops the replay of this destination, so its events keep
+        their order and a destination that is still down is not hammered; a refusal
+        (4xx) marks that event dead and goes on with the next.
+        """
+        assert self.spool is not None
+        destination = self.destinations[name]
+        report = ReplayReport(name)
+        for row in self.spool.events(name, dead=dead):
+            payload = Payload(row.decoded(), row.source, row.event.encode("utf-8"))
+            outcome = self.deliver(destination, payload, time.monotonic() + self.settings.budget)
+            error = outcome.error
+            if error is None:
+                self.spool.remove(row.id)
+                report.delivered += 1
+                continue
+            self._log_failure(name, row.message_id, outcome)
+            self.spool.record_failure(
+                row.id,
+                attempts=outcome.attempts,
+                error=str(error),
+                response=error.response,
+                next_attempt_at=None if not error.retryable else time.time() + outcome.retry_in,
+                dead=row.dead or not error.retryable,
+            )
+            if error.retryable:
+                report.stopped = f"{error} (messageId {row.message_id})"
+                break
+            report.refused += 1
+        return report
 
     def close(self) -> None:
         for destination in self.destinations.values():
@@ -38,3 +271,5 @@ class Dispatcher:
                 destination.close()
             except Exception:  # closing is best effort; report and go on with the rest
                 logger.exception("closing destination %s failed", destination.name)
+        if self.spool is not None:
+            self.spool.close()

@@ -7,11 +7,15 @@ from typing import Dict
 
 from ..config import DestinationConfig
 from ..errors import ConfigError
-from .base import Destination, DeliveryError, Payload
+from .base import DeliveryError, Destination, Payload
 
 # Imported on demand so that a deployment that only stores to SQLite never imports
 # requests, and a user's class is loaded only when named.
 DESTINATION_TYPES: Dict[str, str] = {
+    "webhook": "pixel_wsgi.destinations.webhook:WebhookDestination",
+    "rudderstack": "pixel_wsgi.destinations.rudderstack:RudderStackDestination",
+    "segment": "pixel_wsgi.destinations.segment:SegmentDestination",
+    "jsonl": "pixel_wsgi.destinations.jsonl:JSONLinesDestination",
     "memory": "pixel_wsgi.destinations.memory:MemoryDestination",
     "sqlite": "pixel_wsgi.destinations.sqlite:SQLiteDestination",
 }

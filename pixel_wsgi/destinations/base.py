@@ -5,6 +5,25 @@ connections, files or threads in ``__init__`` (gunicorn's ``--preload`` forks af
 that); open them lazily on the first ``deliver``, per process and where needed per
 thread. ``deliver`` either returns (the destination has the event) or raises
 ``DeliveryError``; any other exception is treated as a retryable failure.
+
+``deliver`` may be called from many threads at once (gunicorn's gthread workers) and
+again for the same ``messageId`` (delivery is at least once: a timed-out request may
+have arrived). A user's class::
+
+    from pixel_wsgi.destinations import Destination, DeliveryError
+
+    class KafkaDestination(Destination):
+        def configure(self, options):
+            self.topic = options.nonempty_string("topic", required=True)
+            self._producer = None  # opened on first use, after the fork
+
+        def deliver(self, payload):
+            if self._producer is None:
+                self._producer = make_producer()
+            try:
+                self._producer.send(self.topic, payload.body, key=payload.message_id)
+            except ProducerError as exc:
+                raise DeliveryError(str(exc)) from exc
 """
 
 from __future__ import annotations
@@ -49,6 +68,9 @@ class Destination:
 
     #: ``type = "..."`` in the configuration; informational for user classes.
     kind = "custom"
+    #: Attempts after the first failure, all within the dispatch budget; HTTP
+    #: destinations read it from their ``retries`` option.
+    retries = 2
 
     def __init__(self, name: str, options: Mapping[str, Any] | None = None) -> None:
         self.name = name
@@ -64,6 +86,14 @@ class Destination:
 
     def deliver(self, payload: Payload) -> None:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def deliver_within(self, payload: Payload, seconds: float | None) -> None:
+        """``deliver``, taking at most about ``seconds`` (what is left of the budget).
+
+        Destinations that can bound their wait (HTTP timeouts) override this; the
+        default ignores the limit.
+        """
+        self.deliver(payload)
 
     def close(self) -> None:
         """Release connections and files; called at shutdown and by tests."""

@@ -36,12 +36,16 @@ BUSY_TIMEOUT_MS = 5000
 
 def connect(path: str) -> sqlite3.Connection:
     connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
-    connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    connection.execute("PRAGMA journal_mode = WAL")
-    # NORMAL is durable across application crashes in WAL mode; only a power loss can
-    # take the last transactions, and FULL would cost an fsync per pixel.
-    connection.execute("PRAGMA synchronous = NORMAL")
-    connection.executescript(SCHEMA)
+    try:
+        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        connection.execute("PRAGMA journal_mode = WAL")
+        # NORMAL is durable across application crashes in WAL mode; only a power loss can
+        # take the last transactions, and FULL would cost an fsync per pixel.
+        connection.execute("PRAGMA synchronous = NORMAL")
+        connection.executescript(SCHEMA)
+    except BaseException:
+        connection.close()
+        raise
     return connection
 
 
@@ -72,13 +76,19 @@ class SQLiteDestination(Destination):
     def configure(self, options: OptionReader) -> None:
         self.path = options.nonempty_string("path", "pixel-events.sqlite3")
         self._local = threading.local()
-        self._pid = os.getpid()
+        # Every connection opened, with the process that opened it, so close() can
+        # close those of all threads (and never one inherited through a fork).
+        self._connections: list[tuple[int, sqlite3.Connection]] = []
+        self._lock = threading.Lock()
 
     def _connection(self) -> sqlite3.Connection:
+        pid = os.getpid()
         connection = getattr(self._local, "connection", None)
-        if connection is None or self._pid != os.getpid():
-            self._pid = os.getpid()
-            connection = self._local.connection = connect(self.path)
+        if connection is None or self._local.pid != pid:
+            connection = connect(self.path)
+            self._local.connection, self._local.pid = connection, pid
+            with self._lock:
+                self._connections.append((pid, connection))
         return connection
 
     def deliver(self, payload: Payload) -> None:
@@ -92,7 +102,10 @@ class SQLiteDestination(Destination):
             raise DeliveryError(f"sqlite {self.path}: {exc}") from exc
 
     def close(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        if connection is not None:
-            connection.close()
-            self._local.connection = None
+        pid = os.getpid()
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for owner, connection in connections:
+            if owner == pid:
+                connection.close()
+        self._local = threading.local()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pixel_wsgi.destinations import Destination, DeliveryError, Payload
+from pixel_wsgi.destinations import DeliveryError, Destination, Payload
 
 
 class AlwaysFailingDestination(Destination):

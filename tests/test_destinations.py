@@ -1,0 +1,220 @@
+"""Each destination kind against real parts: an HTTP server on 127.0.0.1, real files."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from typing import Any
+
+import pytest
+
+from pixel_wsgi import __version__
+from pixel_wsgi.config import DestinationConfig, OptionReader
+from pixel_wsgi.destinations import Destination, DeliveryError, Payload, build_destination
+from pixel_wsgi.errors import ConfigError
+from tests.support.sink import Reply, Sink, sink_fixture
+
+
+@pytest.fixture
+def sink():
+    yield from sink_fixture()
+
+
+def build(kind: str, **options: Any) -> Destination:
+    return build_destination(DestinationConfig("dest", kind, options))
+
+
+def payload(message_id: str = "m-1", kind: str = "track") -> Payload:
+    return Payload({"type": kind, "messageId": message_id, "event": "Opened", "properties": {"note": "é\n"}}, "web")
+
+
+@pytest.fixture
+def closing():
+    built: list[Destination] = []
+    yield built
+    for destination in built:
+        destination.close()
+
+
+def test_webhook_posts_json_with_user_agent_and_headers(sink, closing):
+    destination = build("webhook", url=sink.url + "/hook", headers={"X-Team": "growth"})
+    closing.append(destination)
+    destination.deliver(payload())
+    (request,) = sink.delivered
+    assert request.method == "POST"
+    assert request.path == "/hook"
+    assert request.json["messageId"] == "m-1"
+    assert request.json["properties"]["note"] == "é\n"
+    assert request.headers["User-Agent"] == f"pixel-wsgi/{__version__}"
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.headers["X-Team"] == "growth"
+    assert "X-Pixel-Signature" not in request.headers
+
+
+def test_webhook_signature_verifies_at_the_receiver(sink, closing):
+    destination = build("webhook", url=sink.url, signing_secret="s3cret")
+    closing.append(destination)
+    destination.deliver(payload())
+    (request,) = sink.delivered
+    expected = "sha256=" + hmac.new(b"s3cret", request.body, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(request.headers["X-Pixel-Signature"], expected)
+
+
+def test_webhook_keeps_one_connection_alive(sink, closing):
+    destination = build("webhook", url=sink.url)
+    closing.append(destination)
+    for number in range(5):
+        destination.deliver(payload(f"m-{number}"))
+    assert len(sink.delivered) == 5
+    # One open connection served all five: the sink saw a single client port.
+    assert len(sink._connections) == 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "url_option", "kind_of_event", "path"),
+    [
+        pytest.param("rudderstack", "data_plane_url", "track", "/v1/track", id="rudderstack-track"),
+        pytest.param("rudderstack", "data_plane_url", "page", "/v1/page", id="rudderstack-page"),
+        pytest.param("segment", "api_url", "track", "/v1/track", id="segment-track"),
+        pytest.param("segment", "api_url", "page", "/v1/page", id="segment-page"),
+    ],
+)
+def test_rudderstack_and_segment_paths_and_basic_auth(sink, closing, kind, url_option, kind_of_event, path):
+    destination = build(kind, **{url_option: sink.url + "/", "write_key": "wk-123456"})
+    closing.append(destination)
+    destination.deliver(payload(kind=kind_of_event))
+    (request,) = sink.delivered
+    assert request.path == path
+    assert request.headers["Authorization"] == "Basic " + base64.b64encode(b"wk-123456:").decode()
+    assert "wk-123456" not in repr(destination)
+
+
+def test_segment_defaults_to_segments_api():
+    destination = build("segment", write_key="wk")
+    assert destination.url_for(payload()) == "https://api.segment.io/v1/track"
+
+
+@pytest.mark.parametrize(
+    ("reply", "retryable", "status"),
+    [
+        pytest.param(Reply(500), True, 500, id="500"),
+        pytest.param(Reply(503, headers={"Retry-After": "7"}), True, 503, id="503-retry-after"),
+        pytest.param(Reply(408), True, 408, id="408"),
+        pytest.param(Reply(429), True, 429, id="429"),
+        pytest.param(Reply(400, body=b"bad event"), False, 400, id="400"),
+        pytest.param(Reply(404), False, 404, id="404"),
+        pytest.param(Reply(301, headers={"Location": "/elsewhere"}), False, 301, id="redirect-not-followed"),
+    ],
+)
+def test_http_status_becomes_delivery_error(sink, closing, reply, retryable, status):
+    destination = build("webhook", url=sink.url)
+    closing.append(destination)
+    sink.script(reply)
+    with pytest.raises(DeliveryError) as caught:
+        destination.deliver(payload())
+    assert caught.value.retryable is retryable
+    assert caught.value.status == status
+    if "Retry-After" in reply.headers:
+        assert caught.value.retry_after == 7.0
+    if reply.body:
+        assert caught.value.response == "bad event"
+
+
+def test_connection_refused_is_retryable(closing):
+    with Sink() as gone:
+        url = gone.url
+    destination = build("webhook", url=url, timeout=0.5)
+    closing.append(destination)
+    with pytest.raises(DeliveryError, match="Connection refused") as caught:
+        destination.deliver(payload())
+    assert caught.value.retryable
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        pytest.param({"type": "webhook"}, "destinations.dest.url: required", id="webhook-url-required"),
+        pytest.param({"type": "webhook", "url": "ftp://x"}, "destinations.dest.url: must be an http", id="webhook-url-scheme"),
+        pytest.param({"type": "webhook", "url": "http://x", "timeout": "5"}, "destinations.dest.timeout: must be a number", id="timeout-type"),
+        pytest.param({"type": "webhook", "url": "http://x", "retries": -1}, "destinations.dest.retries: must be at least 0", id="retries-negative"),
+        pytest.param({"type": "webhook", "url": "http://x", "headers": {"X": 1}}, "destinations.dest.headers: values must be strings", id="headers"),
+        pytest.param({"type": "webhook", "url": "http://x", "secret": "s"}, "destinations.dest.secret: unknown option", id="unknown-option"),
+        pytest.param({"type": "rudderstack", "write_key": "k"}, "destinations.dest.data_plane_url: required", id="rudderstack-url"),
+        pytest.param({"type": "rudderstack", "data_plane_url": "http://x"}, "destinations.dest.write_key: required", id="rudderstack-key"),
+        pytest.param({"type": "segment"}, "destinations.dest.write_key: required", id="segment-key"),
+        pytest.param({"type": "jsonl"}, "destinations.dest.path: required", id="jsonl-path"),
+        pytest.param({"type": "kafka"}, "destinations.dest.type: unknown type 'kafka'", id="unknown-type"),
+        pytest.param({"type": "tests.test_destinations:NotADestination"}, "is not a pixel_wsgi.destinations.Destination", id="not-a-destination"),
+        pytest.param({"type": "tests.test_destinations:ListDestination"}, "destinations.dest.label: required", id="user-class-option"),
+    ],
+)
+def test_config_errors_name_the_key_path(tmp_path, options, message):
+    from pixel_wsgi import PixelApp
+
+    config = {
+        "sources": [{"name": "web", "write_key": "k"}],
+        "destinations": {"dest": options},
+        "spool": {"path": str(tmp_path / "spool.sqlite3")},
+    }
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        PixelApp(config)
+
+
+class NotADestination:
+    pass
+
+
+class ListDestination(Destination):
+    """A user's own destination, as the README shows it."""
+
+    def configure(self, options: OptionReader) -> None:
+        self.label = options.nonempty_string("label", required=True)
+        self.received: list[tuple[str, dict[str, Any]]] = []
+
+    def deliver(self, payload: Payload) -> None:
+        self.received.append((self.label, json.loads(payload.body)))
+
+
+def test_user_class_destination_receives_events(tmp_path):
+    from webtest import TestApp
+
+    from pixel_wsgi import PixelApp
+    from tests.support.delivery import delivery_config, track_url
+
+    app = PixelApp(delivery_config(tmp_path, {"mine": {"type": "tests.test_destinations:ListDestination", "label": "L"}}))
+    try:
+        TestApp(app).get(track_url("m-user"))
+        destination = app.destination("mine")
+        assert isinstance(destination, ListDestination)
+        assert [(label, event["messageId"]) for label, event in destination.received] == [("L", "m-user")]
+    finally:
+        app.close()
+
+
+def test_jsonl_appends_one_line_per_event(tmp_path, closing):
+    path = tmp_path / "events.jsonl"
+    destination = build("jsonl", path=str(path))
+    closing.append(destination)
+    for number in range(3):
+        destination.deliver(payload(f"m-{number}"))
+    lines = path.read_bytes().split(b"\n")
+    assert lines[-1] == b""
+    assert [json.loads(line)["messageId"] for line in lines[:-1]] == ["m-0", "m-1", "m-2"]
+
+
+def test_jsonl_unwritable_path_is_a_delivery_error(tmp_path, closing):
+    destination = build("jsonl", path=str(tmp_path / "missing" / "events.jsonl"))
+    closing.append(destination)
+    with pytest.raises(DeliveryError, match="jsonl"):
+        destination.deliver(payload())
+
+
+def test_constructors_open_nothing(tmp_path):
+    """Pins the gunicorn --preload rule: building destinations creates no file or socket."""
+    build("jsonl", path=str(tmp_path / "e.jsonl"))
+    build("sqlite", path=str(tmp_path / "e.sqlite3"))
+    destination = build("webhook", url="http://127.0.0.1:9")
+    assert list(tmp_path.iterdir()) == []
+    assert destination._sessions == []
