@@ -150,8 +150,10 @@ def test_rejections_are_logged_once_with_status_reason_path_and_client(client, c
 def test_undeliverable_event_is_503_even_with_errors_as_pixel(tmp_path):
     config = memory_config(WRITE_KEY, errors_as_pixel=True)
     config["destinations"] = {"broken": {"type": "tests.support.destinations:AlwaysFailingDestination"}}
-    config["spool"] = {"path": str(tmp_path / "no-such-dir" / "spool.sqlite3")}
+    config["spool"] = {"path": str(tmp_path / "spool.sqlite3")}
     app = PixelApp(config)
+    # A missing spool directory is a start-up error (branch delivery): lose it after start-up.
+    app.spool.path = str(tmp_path / "no-such-dir" / "spool.sqlite3")
     response = TestApp(app).get(f"/pixel/v1/track?{VALID}", status=503)
     assert response.content_type == "text/plain"
     assert response.text == "the event could not be delivered or stored; try again"
