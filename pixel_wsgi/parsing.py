@@ -79,10 +79,14 @@ def _decode(raw: str, key: str | None) -> str:
         return raw
     try:
         # The WSGI string holds the request's bytes as latin-1: back to bytes first.
-        return unquote_to_bytes(raw.encode("latin-1")).decode("utf-8")
+        data = raw.encode("latin-1")
     except UnicodeEncodeError:
-        # Not a WSGI native string (a caller passed real text): it is already decoded.
-        return unquote_to_bytes(raw).decode("utf-8", "strict")
+        # Not a WSGI native string (a caller passed real text): its characters are
+        # already decoded, its escapes not yet. surrogatepass: a lone surrogate becomes
+        # bytes that fail the UTF-8 check below, a 400, instead of an exception here.
+        data = raw.encode("utf-8", "surrogatepass")
+    try:
+        return unquote_to_bytes(data).decode("utf-8")
     except UnicodeDecodeError:
         if key is None:
             raise bad_parameter(f"parameter name is not valid UTF-8: {raw[:40]!r}") from None

@@ -89,7 +89,10 @@ def infer_type(value: Any) -> Any:
         if value in _INFERRED_WORDS:
             return _INFERRED_WORDS[value]
         if _JSON_NUMBER.match(value):
-            number = json.loads(value)
+            try:
+                number = json.loads(value)
+            except ValueError:  # an integer over Python's 4300-digit limit: far beyond 2**53 anyway
+                return value
             if json.dumps(number) == value and (not isinstance(number, int) or abs(number) <= MAX_SAFE_INTEGER):
                 return number
         return value
