@@ -18,8 +18,10 @@ median of those ratios is what the last line of JSON gives:
 2. gunicorn sync ×2 and gthread ×2 (``--reuse-port``: one listening socket per worker,
    so wrk's persistent connections cannot all land on one worker) on loopback:
    requests/s, p50 and p99, pixel app against the same bare app;
-3. the webhook destination's cost per event against a raw ``http.client`` keep-alive
-   POST of the same body to the same local keep-alive sink;
+3. the webhook destination's cost per event (through the dispatcher) against a raw
+   ``http.client`` keep-alive POST of the same request to the same local keep-alive
+   sink; a bare urllib3 pool and requests' ``Session.send`` with a prepared request
+   are measured beside them for reference;
 4. a dead destination whose circuit is open: milliseconds added to each pixel request;
 5. RSS of one gunicorn worker of the pixel app after the load.
 
@@ -521,7 +523,21 @@ def bench_dispatch(rounds: int, count: int) -> Dict[str, Any]:
             if response.status != 200:
                 raise RuntimeError(f"sink answered {response.status}")
 
-        contenders = {"webhook": webhook_once, "raw": raw_once, "urllib3": urllib3_once}
+        # requests' own lean path, for reference: a Session per thread, trust_env off, a
+        # prepared request sent again and again (what the destination did before it
+        # went to the adapter's urllib3 pool directly).
+        import requests
+
+        session = requests.Session()
+        session.trust_env = False
+        template = requests.Request("POST", url, data=body, headers=raw_headers).prepare()
+
+        def session_once() -> None:
+            response = session.send(template, timeout=5, allow_redirects=False)
+            if response.status_code != 200:
+                raise RuntimeError(f"sink answered {response.status_code}")
+
+        contenders = {"webhook": webhook_once, "raw": raw_once, "urllib3": urllib3_once, "session": session_once}
         for once in contenders.values():  # connect and warm up
             for _ in range(50):
                 once()
@@ -540,6 +556,7 @@ def bench_dispatch(rounds: int, count: int) -> Dict[str, Any]:
             ratios.append(seconds["webhook"] / seconds["raw"])
         raw.close()
         pool.close()
+        session.close()
         app.close()
     return {
         "ratio": median(ratios),
@@ -547,6 +564,8 @@ def bench_dispatch(rounds: int, count: int) -> Dict[str, Any]:
         "raw_us": median(costs["raw"]),
         "urllib3_us": median(costs["urllib3"]),
         "urllib3_ratio": median(costs["urllib3"]) / median(costs["raw"]),
+        "session_us": median(costs["session"]),
+        "session_ratio": median(costs["session"]) / median(costs["raw"]),
     }
 
 
@@ -665,6 +684,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         rows.append(("webhook per event", f"{dispatch['webhook_us']:.0f} us", "", ""))
         rows.append(("raw http.client POST", f"{dispatch['raw_us']:.0f} us", "", ""))
         rows.append(("urllib3 pool POST (reference)", f"{dispatch['urllib3_us']:.0f} us", f"x{dispatch['urllib3_ratio']:.2f}", ""))
+        rows.append(("requests Session.send (reference)", f"{dispatch['session_us']:.0f} us", f"x{dispatch['session_ratio']:.2f}", ""))
         rows.append(("webhook dispatch ratio", f"{dispatch['ratio']:.2f}", "", "target <= 2.0"))
     dead = bench_dead_destination(rounds, 2 * dispatch_count)
     if dead["added_ms"] is None:
