@@ -298,7 +298,9 @@ class EventSchemas:
         }
         self.fields = {"page": PAGE_FIELDS, "track": TRACK_FIELDS}
         self._required = {
-            event_type: frozenset(name for name, field in self._classes[(event_type, False)]._declared_fields.items() if field.required)
+            event_type: frozenset(
+                name for name, field in self._classes[(event_type, False)]._declared_fields.items() if field.required
+            )
             for event_type in ("page", "track")
         }
         # data key (what the query says) -> attribute name (what `only` takes)
