@@ -156,13 +156,17 @@ class _Indexed(dict):  # type: ignore[type-arg]
     """An array under construction: index → item, checked and turned into a list at the end."""
 
 
+# One step of a key's way down: the segment, the kind of container it must hold (a
+# dict, or an array under construction), and the path so far (for error messages).
+_Step = Tuple[Segment, type, Path]
+
+
 @lru_cache(maxsize=4096)
-def _nest_plan(key: str, max_depth: int, max_index: int) -> Tuple[Path, bool, Tuple[bool, ...]]:
+def _nest_plan(key: str, max_depth: int, max_index: int) -> Tuple[Tuple[_Step, ...], Segment, Path, bool]:
     """What ``nest`` needs of a key, worked out once per key rather than per request.
 
-    The path without a trailing ``[]``, whether it had one (its values always form a
-    list), and for each container on the way whether it is an array (the next
-    segment is an index).
+    The steps down to the last segment, the last segment, the whole path without a
+    trailing ``[]``, and whether it had one (its values then always form a list).
     """
     path = parse_key(key, max_depth, max_index)
     if not isinstance(path[0], str):
@@ -170,8 +174,11 @@ def _nest_plan(key: str, max_depth: int, max_index: int) -> Tuple[Path, bool, Tu
     append = path[-1] == APPEND
     if append:
         path = path[:-1]
-    wants_arrays = tuple(isinstance(segment, int) for segment in path[1:])
-    return path, append, wants_arrays
+    steps = tuple(
+        (path[position], _Indexed if isinstance(path[position + 1], int) else dict, path[: position + 1])
+        for position in range(len(path) - 1)
+    )
+    return steps, path[-1], path, append
 
 
 def nest(grouped: Dict[str, List[str]], limits: Limits) -> Dict[str, Any]:
@@ -180,24 +187,21 @@ def nest(grouped: Dict[str, List[str]], limits: Limits) -> Dict[str, Any]:
     arrays: List[Tuple[Any, Segment, _Indexed, Path]] = []
     max_depth, max_index = limits.max_depth, limits.max_array_index
     for key, values in grouped.items():
-        path, append, wants_arrays = _nest_plan(key, max_depth, max_index)
+        steps, last, path, append = _nest_plan(key, max_depth, max_index)
         if append:
             value: Any = list(values)
         else:
             value = values[0] if len(values) == 1 else list(values)
         container: Any = root
-        for position, wants_array in enumerate(wants_arrays):
-            segment = path[position]
+        for segment, kind, prefix in steps:
             child: Any = container.get(segment)
             if child is None:
-                child = _Indexed() if wants_array else {}
-                container[segment] = child
-                if wants_array:
-                    arrays.append((container, segment, child, path[: position + 1]))
-            elif not isinstance(child, dict) or isinstance(child, _Indexed) != wants_array:
-                raise _conflict(key, path[: position + 1], grouped, limits)
+                child = container[segment] = kind()
+                if kind is _Indexed:
+                    arrays.append((container, segment, child, prefix))
+            elif type(child) is not kind:  # a value, or an object where an array is wanted
+                raise _conflict(key, prefix, grouped, limits)
             container = child
-        last = path[-1]
         if last in container:
             raise _conflict(key, path, grouped, limits)
         container[last] = value
