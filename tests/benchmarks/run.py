@@ -165,8 +165,8 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def wait_for_port(port: int, deadline: float) -> None:
-    while time.monotonic() < deadline:
+def wait_for_port(port: int, deadline: float, process: Optional["subprocess.Popen[bytes]"] = None) -> None:
+    while time.monotonic() < deadline and (process is None or process.poll() is None):
         try:
             with socket.create_connection((HOST, port), timeout=0.5):
                 return
@@ -254,12 +254,18 @@ class Gunicorn:
         ]  # fmt: skip
         if worker_class == "gthread":
             command += ["--threads", str(threads), "--reuse-port"]
-        self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # A file, not a pipe: nobody reads it during the load, and a full pipe blocks gunicorn.
+        self.log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log)
         self.workers = workers
 
     def wait(self) -> None:
         deadline = time.monotonic() + 20
-        wait_for_port(self.port, deadline)
+        try:
+            wait_for_port(self.port, deadline, self.process)
+        except RuntimeError:
+            self.log.seek(0)
+            raise RuntimeError(f"gunicorn did not start: {self.log.read()[-2000:].decode(errors='replace')}") from None
         while len(children_of(self.process.pid)) < self.workers and time.monotonic() < deadline:
             time.sleep(0.05)
 
@@ -274,8 +280,7 @@ class Gunicorn:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self.process.stderr is not None:
-            self.process.stderr.close()
+        self.log.close()
 
 
 _WRK_LINE = re.compile(r"^\s*(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
