@@ -14,13 +14,13 @@ import json
 import logging
 import os
 import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import ConfigError
+from .resources import BUSY_TIMEOUT_MS, PerThread, open_wal_database
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +47,6 @@ INSERT = (
     "INSERT INTO spool (destination, message_id, source, event, attempts, last_error, response, next_attempt_at, dead, created_at)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-# Milliseconds a writer waits for another worker's transaction: long enough for any
-# burst of inserts, short enough that a wedged file still answers 503 within a request.
-BUSY_TIMEOUT_MS = 5000
 # Rows read per query while replaying, so a large spool is never loaded at once.
 PAGE_SIZE = 200
 
@@ -79,29 +76,12 @@ class SpooledEvent:
         return cls(row_id, destination, message_id, source, event, attempts, last_error, response, next_attempt_at, bool(dead), created_at)
 
 
-def _connect(path: str) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
-    try:
-        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        connection.execute("PRAGMA journal_mode = WAL")
-        # NORMAL in WAL mode survives a crash of any process; only a power cut can
-        # take the last transactions back, and FULL would cost an fsync per event.
-        connection.execute("PRAGMA synchronous = NORMAL")
-        connection.executescript(SCHEMA)
-    except BaseException:
-        connection.close()
-        raise
-    return connection
-
-
 class Spool:
     """Undelivered events per destination, with attempts, last error and next attempt time."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._local = threading.local()
-        self._connections: list[tuple[int, sqlite3.Connection]] = []
-        self._lock = threading.Lock()
+        self._connections = PerThread(lambda: open_wal_database(self.path, SCHEMA), sqlite3.Connection.close)
 
     def check(self) -> None:
         """Make sure the spool can be used, opening and closing the file if it exists.
@@ -134,14 +114,7 @@ class Spool:
             raise ConfigError(f"spool.path: {self.path} cannot be used as a spool ({exc})") from None
 
     def _connection(self) -> sqlite3.Connection:
-        pid = os.getpid()
-        connection = getattr(self._local, "connection", None)
-        if connection is None or self._local.pid != pid:
-            connection = _connect(self.path)
-            self._local.connection, self._local.pid = connection, pid
-            with self._lock:
-                self._connections.append((pid, connection))
-        return connection
+        return self._connections.get()
 
     # -- the request path ----------------------------------------------------------
 
@@ -209,13 +182,7 @@ class Spool:
         return [SpooledEvent.from_row(row) for row in rows]
 
     def close(self) -> None:
-        pid = os.getpid()
-        with self._lock:
-            connections, self._connections = self._connections, []
-        for owner, connection in connections:
-            if owner == pid:
-                connection.close()
-        self._local = threading.local()
+        self._connections.close()
 
     def __repr__(self) -> str:
         return f"<Spool {self.path}>"

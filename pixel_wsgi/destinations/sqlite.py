@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
 from typing import Any
 
 from ..config import OptionReader
 from ..errors import DeliveryError
+from ..resources import PerThread, open_wal_database
 from .base import Destination, Payload
 
 SCHEMA = """
@@ -30,23 +30,10 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_message_id ON events (message_id);
 """
 INSERT = "INSERT INTO events (received_at, type, message_id, source, event) VALUES (?, ?, ?, ?, ?)"
-# Milliseconds a writer waits for another process's transaction before giving up.
-BUSY_TIMEOUT_MS = 5000
 
 
 def connect(path: str) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
-    try:
-        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        connection.execute("PRAGMA journal_mode = WAL")
-        # NORMAL is durable across application crashes in WAL mode; only a power loss can
-        # take the last transactions, and FULL would cost an fsync per pixel.
-        connection.execute("PRAGMA synchronous = NORMAL")
-        connection.executescript(SCHEMA)
-    except BaseException:
-        connection.close()
-        raise
-    return connection
+    return open_wal_database(path, SCHEMA)
 
 
 def read_events(path: str, last: int | None = None) -> list[dict[str, Any]]:
@@ -75,26 +62,12 @@ class SQLiteDestination(Destination):
 
     def configure(self, options: OptionReader) -> None:
         self.path = options.nonempty_string("path", "pixel-events.sqlite3")
-        self._local = threading.local()
-        # Every connection opened, with the process that opened it, so close() can
-        # close those of all threads (and never one inherited through a fork).
-        self._connections: list[tuple[int, sqlite3.Connection]] = []
-        self._lock = threading.Lock()
-
-    def _connection(self) -> sqlite3.Connection:
-        pid = os.getpid()
-        connection = getattr(self._local, "connection", None)
-        if connection is None or self._local.pid != pid:
-            connection = connect(self.path)
-            self._local.connection, self._local.pid = connection, pid
-            with self._lock:
-                self._connections.append((pid, connection))
-        return connection
+        self._connections = PerThread(lambda: connect(self.path), sqlite3.Connection.close)
 
     def deliver(self, payload: Payload) -> None:
         event = payload.event
         try:
-            self._connection().execute(
+            self._connections.get().execute(
                 INSERT,
                 (event.get("receivedAt", ""), payload.type, payload.message_id, payload.source, payload.body.decode("utf-8")),
             )
@@ -102,10 +75,4 @@ class SQLiteDestination(Destination):
             raise DeliveryError(f"sqlite {self.path}: {exc}") from exc
 
     def close(self) -> None:
-        pid = os.getpid()
-        with self._lock:
-            connections, self._connections = self._connections, []
-        for owner, connection in connections:
-            if owner == pid:
-                connection.close()
-        self._local = threading.local()
+        self._connections.close()
