@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from urllib.parse import quote
+
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st

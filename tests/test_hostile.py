@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict
 
 import pytest
 
@@ -32,11 +32,11 @@ class Row:
     options: Dict[str, Any] = field(default_factory=dict)
     environ: Dict[str, str] = field(default_factory=dict)
     # Checks on the stored event (200 rows) or the response (pixel errors).
-    check: Optional[Callable[[RawResponse, list], None]] = None
-    header_error: Optional[str] = None
+    check: Callable[[RawResponse, list], None] | None = None
+    header_error: str | None = None
 
 
-def ip_is(expected: Optional[str]) -> Callable[[RawResponse, list], None]:
+def ip_is(expected: str | None) -> Callable[[RawResponse, list], None]:
     def check(response: RawResponse, events: list) -> None:
         (event,) = events
         assert event["context"].get("ip") == expected

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from importlib import resources
 
-import pytest
 import schemathesis
 import yaml
 from hypothesis import HealthCheck, settings

@@ -49,7 +49,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -165,7 +165,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def wait_for_port(port: int, deadline: float, process: Optional["subprocess.Popen[bytes]"] = None) -> None:
+def wait_for_port(port: int, deadline: float, process: subprocess.Popen[bytes] | None = None) -> None:
     while time.monotonic() < deadline and (process is None or process.poll() is None):
         try:
             with socket.create_connection((HOST, port), timeout=0.5):
@@ -448,7 +448,7 @@ def serve_sink(port_file: str) -> None:
 
 
 class Sink:
-    def __enter__(self) -> "Sink":
+    def __enter__(self) -> Sink:
         self.directory = tempfile.TemporaryDirectory(prefix="pixel-bench-")
         port_file = os.path.join(self.directory.name, "port")
         self.process = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--sink", port_file])
@@ -467,7 +467,7 @@ class Sink:
         self.directory.cleanup()
 
 
-def delivery_available() -> Optional[str]:
+def delivery_available() -> str | None:
     """``None`` when the webhook destination and the circuit breaker exist, else why not."""
     if importlib.util.find_spec("pixel_wsgi.destinations.webhook") is None:
         return "no webhook destination in this checkout (pixel_wsgi.destinations.webhook)"
@@ -633,11 +633,11 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs, {model}, Python {platform.python_version()}, {platform.system()}"
 
 
-def rounded(value: Optional[float], digits: int) -> Optional[float]:
+def rounded(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: List[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and shorter loads: under a minute")
     parser.add_argument("--no-wrk", action="store_true", help="use the Python load generator even if wrk is installed")
