@@ -39,6 +39,10 @@ class PerThread(Generic[T]):
                 self._opened.append((pid, resource))
         return resource
 
+    def __len__(self) -> int:
+        """How many are open, in every thread (and inherited through fork)."""
+        return len(self._opened)
+
     def close(self) -> None:
         pid = os.getpid()
         with self._lock:

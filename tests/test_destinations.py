@@ -217,7 +217,7 @@ def test_constructors_open_nothing(tmp_path):
     build("sqlite", path=str(tmp_path / "e.sqlite3"))
     destination = build("webhook", url="http://127.0.0.1:9")
     assert list(tmp_path.iterdir()) == []
-    assert destination._sessions == []
+    assert len(destination._sessions) == 0
 
 
 def test_a_forked_worker_opens_its_own_connections(sink, closing, monkeypatch):
@@ -227,11 +227,11 @@ def test_a_forked_worker_opens_its_own_connections(sink, closing, monkeypatch):
     destination = build("webhook", url=sink.url)
     closing.append(destination)
     destination.deliver(payload("m-parent"))
-    parent_session = destination._local.session
+    parent_session = destination._sessions.get().session
     parent_pid = os.getpid()
     monkeypatch.setattr(os, "getpid", lambda: parent_pid + 1)
     destination.deliver(payload("m-child"))
-    assert destination._local.session is not parent_session
+    assert destination._sessions.get().session is not parent_session
     destination.close()  # the "child" closes only what it opened
     monkeypatch.undo()
     assert len(parent_session.get_adapter(sink.url).poolmanager.pools) == 1  # not closed by the child

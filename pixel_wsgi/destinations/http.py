@@ -19,8 +19,6 @@ from __future__ import annotations
 import base64
 import email.utils
 import logging
-import os
-import threading
 import time
 from typing import Any, Mapping
 
@@ -33,6 +31,7 @@ from urllib3.util import Timeout, parse_url
 from .. import __version__
 from ..config import OptionReader
 from ..errors import DeliveryError
+from ..resources import PerThread
 from .base import Destination, Payload
 
 logger = logging.getLogger(__name__)
@@ -72,9 +71,7 @@ class HTTPDestination(Destination):
         self.retries = options.integer("retries", DEFAULT_RETRIES)
         # HTTP/1.1 keeps the connection alive without saying so; every header costs.
         self.headers: dict[str, str] = {"User-Agent": USER_AGENT, "Content-Type": "application/json"}
-        self._local = threading.local()
-        self._sessions: list[tuple[int, requests.Session]] = []
-        self._sessions_lock = threading.Lock()
+        self._sessions = PerThread(ThreadSession, ThreadSession.close)
 
     # -- what subclasses supply -------------------------------------------------
 
@@ -89,22 +86,13 @@ class HTTPDestination(Destination):
 
     def _pool(self, url: str) -> tuple[HTTPConnectionPool, str]:
         """This thread's connection pool for ``url``'s origin, and the request target."""
-        pid = os.getpid()
-        local = self._local
-        session = getattr(local, "session", None)
-        if session is None or local.pid != pid:
-            session = requests.Session()
-            # Never read proxies, certificates or .netrc from the environment.
-            session.trust_env = False
-            local.session, local.pid, local.pools = session, pid, {}
-            with self._sessions_lock:
-                self._sessions.append((pid, session))
+        local = self._sessions.get()
         found = local.pools.get(url)
         if found is None:
             parsed = parse_url(url)
             target = (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
-            found = local.pools[url] = (_pool_for(session, url), target)
-        return found  # type: ignore[no-any-return]
+            found = local.pools[url] = (_pool_for(local.session, url), target)
+        return found
 
     def deliver(self, payload: Payload) -> None:
         self.deliver_within(payload, None)
@@ -147,14 +135,22 @@ class HTTPDestination(Destination):
         )
 
     def close(self) -> None:
-        pid = os.getpid()
-        with self._sessions_lock:
-            sessions, self._sessions = self._sessions, []
-        for owner, session in sessions:
-            # A session inherited through fork belongs to the parent: leave its sockets alone.
-            if owner == pid:
-                session.close()
-        self._local = threading.local()
+        self._sessions.close()
+
+
+class ThreadSession:
+    """One thread's ``requests.Session`` and the urllib3 pool of each URL it posts to."""
+
+    __slots__ = ("session", "pools")
+
+    def __init__(self) -> None:
+        self.session = requests.Session()
+        # Never read proxies, certificates or .netrc from the environment.
+        self.session.trust_env = False
+        self.pools: dict[str, tuple[HTTPConnectionPool, str]] = {}
+
+    def close(self) -> None:
+        self.session.close()
 
 
 def _pool_for(session: requests.Session, url: str) -> HTTPConnectionPool:
