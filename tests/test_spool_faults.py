@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 
@@ -18,6 +17,7 @@ import pytest
 
 from pixel_wsgi import ConfigError, PixelApp
 from pixel_wsgi.spool import Spool
+from tests.support.delivery import spooled_message_ids
 from tests.support.processes import environment
 
 NOT_STORED = "the event could not be delivered or stored; try again"
@@ -29,7 +29,7 @@ def run_faulty(mode: str, directory, requests: int) -> list[dict]:
     prefix: list[str] = []
     if mode.startswith("readonly") and os.geteuid() == 0:
         if shutil.which("setpriv") is None:
-            pytest.skip("running as root without setpriv: a read-only directory would still be writable")
+            pytest.fail("running as root needs setpriv (util-linux) to drop CAP_DAC_OVERRIDE: root writes through read-only modes")
         prefix = DROP_DAC
     result = subprocess.run(
         [*prefix, sys.executable, "-m", "tests.support.spool_faults", mode, str(directory), str(requests)],
@@ -38,16 +38,6 @@ def run_faulty(mode: str, directory, requests: int) -> list[dict]:
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Traceback" not in result.stdout
     return [json.loads(line) for line in result.stdout.splitlines()]
-
-
-def spooled_ids(path) -> set[str]:
-    if not path.exists():
-        return set()
-    connection = sqlite3.connect(path)
-    try:
-        return {row[0] for row in connection.execute("SELECT message_id FROM spool")}
-    finally:
-        connection.close()
 
 
 @pytest.mark.slow
@@ -73,7 +63,7 @@ def test_unwritable_spool_answers_503_never_a_silent_200(tmp_path, mode, request
     refused = [a for a in answers if a["status"] != 200]
     # Even for an errors_as_pixel source: a 200 would claim the event was kept.
     assert refused and all(a == {"messageId": a["messageId"], "status": 503, "body": NOT_STORED} for a in refused)
-    stored = spooled_ids(directory / "spool.sqlite3") - {"seed"}
+    stored = spooled_message_ids(directory / "spool.sqlite3") - {"seed"}
     assert stored == accepted
     if mode == "full-disk":
         assert accepted, "the spool took nothing before it was full: the limit is too small to prove anything"

@@ -24,8 +24,6 @@ import argparse
 import http.client
 import os
 import signal
-import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -40,6 +38,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # runnable on its own from any directory
     sys.path.insert(0, str(ROOT))
 
+from tests.support.delivery import spooled_message_ids  # noqa: E402
+from tests.support.servers import free_port, wait_for_port  # noqa: E402
 from tests.support.sink import Sink  # noqa: E402
 
 WRITE_KEY = "load-write-key"
@@ -85,12 +85,6 @@ class Figures:
         }
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        return int(probe.getsockname()[1])
-
-
 def write_config(directory: Path, sink_url: str) -> Path:
     path = directory / "pixel.toml"
     path.write_text(
@@ -132,19 +126,6 @@ def children(pid: int) -> List[int]:
         if int(fields[1]) == pid:
             found.append(int(entry))
     return sorted(found)
-
-
-def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {process.returncode}")
-        try:
-            with socket.create_connection((LOOPBACK, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"gunicorn not listening on {port} after {timeout}s")
 
 
 def flap(sink: Sink, stop: threading.Event, period: float, figures: Figures) -> None:
@@ -219,16 +200,6 @@ def delivered_ids(sink: Sink) -> Set[str]:
     return found
 
 
-def read_spool(path: Path) -> Set[str]:
-    if not path.exists():
-        return set()
-    connection = sqlite3.connect(path)
-    try:
-        return {row[0] for row in connection.execute("SELECT message_id FROM spool")}
-    finally:
-        connection.close()
-
-
 def run(seconds: float = 60.0, clients: int = 8, flap_period: float = 2.0, verbose: bool = True) -> Figures:
     figures = Figures()
     lock = threading.Lock()
@@ -249,7 +220,7 @@ def run(seconds: float = 60.0, clients: int = 8, flap_period: float = 2.0, verbo
         stop_load, stop_flap = threading.Event(), threading.Event()
         threads: List[threading.Thread] = []
         try:
-            wait_for_port(port, gunicorn)
+            wait_for_port(port, process=gunicorn, timeout=30.0)
             flapper = threading.Thread(target=flap, args=(sink, stop_flap, flap_period, figures), daemon=True)
             flapper.start()
             threads = [threading.Thread(target=client, args=(n, port, stop_load, figures, lock), daemon=True) for n in range(clients)]
@@ -282,7 +253,7 @@ def run(seconds: float = 60.0, clients: int = 8, flap_period: float = 2.0, verbo
                     gunicorn.wait(5)
             sink.stop()
         figures.delivered = delivered_ids(sink)
-        figures.spooled = read_spool(directory / "spool.sqlite3")
+        figures.spooled = spooled_message_ids(directory / "spool.sqlite3")
         log_text = log_path.read_text(errors="replace")
         if verbose and (figures.lost or figures.server_errors):
             print(log_text[-5000:], file=sys.stderr)

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 WRITE_KEY = "delivery-write-key"
+
+
+def spooled_message_ids(path: Path) -> set[str]:
+    """The messageIds a spool file holds, read straight from SQLite (not through ``Spool``)."""
+    if not path.exists():
+        return set()
+    connection = sqlite3.connect(path)
+    try:
+        return {row[0] for row in connection.execute("SELECT message_id FROM spool")}
+    finally:
+        connection.close()
 
 
 def delivery_config(tmp_path: Path, destinations: dict[str, dict[str, Any]], **dispatch: Any) -> dict[str, Any]:
