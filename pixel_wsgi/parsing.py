@@ -132,9 +132,7 @@ def parse_key(key: str, max_depth: int, max_index: int) -> Path:
                     segments.append(APPEND)
                 elif inner.isdigit():
                     segments.append(_index(inner, key, max_index))
-                elif "." in inner:
-                    raise bad_parameter(f"{key}: a bracketed name cannot contain '.'")
-                else:
+                else:  # a name: the key was split on dots first, so it holds none
                     segments.append(inner)
             if position != len(rest):
                 raise bad_parameter(f"{key}: malformed brackets in the parameter name")
