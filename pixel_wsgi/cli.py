@@ -19,10 +19,12 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 from . import __version__
 from .app import PixelApp
 from .config import CONFIG_ENV_VAR, load_config
-from .destinations import validate_destination
+from .destinations import build_destination, validate_destination
 from .destinations.sqlite import read_events
+from .dispatch import Dispatcher
 from .errors import ConfigError
 from .responses import one_line
+from .spool import Spool
 
 WRITE_KEY_BYTES = 18  # 24 URL-safe characters: as hard to guess as a UUID4, shorter to type
 DEFAULT_DB = "pixel-events.sqlite3"
@@ -259,11 +261,6 @@ def _fail(message: str, code: int) -> int:
 
 
 def command_spool_list(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .destinations import validate_destination
-    from .errors import ConfigError
-    from .spool import Spool
-
     try:
         config = load_config(args.config, validate_destination=validate_destination)
         spool = Spool(config.spool.path)
@@ -285,14 +282,6 @@ def command_spool_list(args: argparse.Namespace) -> int:
 
 
 def command_spool_replay(args: argparse.Namespace) -> int:
-    import logging
-
-    from .config import load_config
-    from .destinations import build_destination, validate_destination
-    from .dispatch import Dispatcher
-    from .errors import ConfigError
-    from .spool import Spool
-
     try:
         config = load_config(args.config, validate_destination=validate_destination)
         if args.destination is not None and args.destination not in config.destinations:
