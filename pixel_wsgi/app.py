@@ -117,9 +117,7 @@ class PixelApp:
         payload = Payload(event, source.name)
         if not self.dispatcher.dispatch(payload, self._destination_names[source.name]):
             lost = RequestRejected(503, "the event could not be delivered or stored; try again")
-            # Not answered as a pixel even for errors_as_pixel: a 200 would say the
-            # event was accepted when it was lost.
-            return self._reject(lost, environ, start_response, None)
+            return self._reject(lost, environ, start_response, source)
         return self.responses.success(start_response)
 
     # -- steps --------------------------------------------------------------
@@ -176,6 +174,8 @@ class PixelApp:
         self, rejection: RequestRejected, environ: WSGIEnvironment, start_response: StartResponse, source: SourceConfig | None
     ) -> Iterable[bytes]:
         self._log_rejection(environ, rejection.status, rejection.reason, source)
+        # A 5xx is never answered as a pixel, even for errors_as_pixel: a 200 would say
+        # the event was accepted when it was lost.
         if source is not None and source.errors_as_pixel and rejection.status < 500:
             return self.responses.success(start_response, error=rejection.reason)
         return self.responses.error(start_response, rejection.status, rejection.reason)

@@ -147,7 +147,7 @@ def test_rejections_are_logged_once_with_status_reason_path_and_client(client, c
 
 
 
-def test_undeliverable_event_is_503_even_with_errors_as_pixel(tmp_path):
+def test_undeliverable_event_is_503_even_with_errors_as_pixel(tmp_path, caplog):
     config = memory_config(WRITE_KEY, errors_as_pixel=True)
     config["destinations"] = {"broken": {"type": "tests.support.destinations:AlwaysFailingDestination"}}
     spool_dir = tmp_path / "spool-dir"
@@ -157,10 +157,13 @@ def test_undeliverable_event_is_503_even_with_errors_as_pixel(tmp_path):
     # A spool that is unusable at start-up is a ConfigError (issue 3); one that goes
     # away later costs the client a 503.
     spool_dir.rmdir()
-    response = TestApp(app).get(f"/pixel/v1/track?{VALID}", status=503)
+    with caplog.at_level(logging.WARNING, logger="pixel_wsgi.app"):
+        response = TestApp(app).get(f"/pixel/v1/track?{VALID}", status=503)
     assert response.content_type == "text/plain"
     assert response.text == "the event could not be delivered or stored; try again"
     assert "X-Pixel-Error" not in response.headers
+    # The operator sees which source lost the event (it was logged as "source unknown").
+    assert "rejected 503 /pixel/v1/track: the event could not be delivered or stored; try again (source test," in caplog.text
 
 
 def test_a_bug_is_a_500_without_a_traceback(client, pixel, caplog):
