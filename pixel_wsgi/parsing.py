@@ -223,8 +223,7 @@ def _conflict(key: str, path: Path, grouped: Dict[str, List[str]], limits: Limit
         trimmed = other_path[:-1] if other_path[-1] == APPEND else other_path
         if trimmed[: len(path)] == path or path[: len(trimmed)] == trimmed:
             return bad_parameter(
-                f"conflicting parameters {other!r} and {key!r}: "
-                f"{format_path(path)} cannot be both a value and a nested object or array"
+                f"conflicting parameters {other!r} and {key!r}: {format_path(path)} cannot be both a value and a nested object or array"
             )
     return bad_parameter(f"{key}: conflicts with another parameter")
 

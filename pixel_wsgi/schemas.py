@@ -291,16 +291,10 @@ class EventSchemas:
     """
 
     def __init__(self) -> None:
-        self._classes = {
-            (event_type, infer): self._build(event_type, infer)
-            for event_type in ("page", "track")
-            for infer in (False, True)
-        }
+        self._classes = {(event_type, infer): self._build(event_type, infer) for event_type in ("page", "track") for infer in (False, True)}
         self.fields = {"page": PAGE_FIELDS, "track": TRACK_FIELDS}
         self._required = {
-            event_type: frozenset(
-                name for name, field in self._classes[(event_type, False)]._declared_fields.items() if field.required
-            )
+            event_type: frozenset(name for name, field in self._classes[(event_type, False)]._declared_fields.items() if field.required)
             for event_type in ("page", "track")
         }
         # data key (what the query says) -> attribute name (what `only` takes)

@@ -141,9 +141,11 @@ class Spool:
 
     def counts(self) -> dict[str, tuple[int, int]]:
         """``{destination: (waiting, dead)}``."""
-        rows = self._connection().execute(
-            "SELECT destination, SUM(dead = 0), SUM(dead != 0) FROM spool GROUP BY destination ORDER BY destination"
-        ).fetchall()
+        rows = (
+            self._connection()
+            .execute("SELECT destination, SUM(dead = 0), SUM(dead != 0) FROM spool GROUP BY destination ORDER BY destination")
+            .fetchall()
+        )
         return {name: (int(waiting), int(dead)) for name, waiting, dead in rows}
 
     def events(self, destination: str, *, dead: bool = False) -> Iterator[SpooledEvent]:
@@ -155,10 +157,14 @@ class Spool:
         last = 0
         condition = "" if dead else " AND dead = 0"
         while True:
-            rows = self._connection().execute(
-                f"SELECT {', '.join(COLUMNS)} FROM spool WHERE destination = ? AND id > ?{condition} ORDER BY id LIMIT ?",
-                (destination, last, PAGE_SIZE),
-            ).fetchall()
+            rows = (
+                self._connection()
+                .execute(
+                    f"SELECT {', '.join(COLUMNS)} FROM spool WHERE destination = ? AND id > ?{condition} ORDER BY id LIMIT ?",
+                    (destination, last, PAGE_SIZE),
+                )
+                .fetchall()
+            )
             if not rows:
                 return
             for row in rows:

@@ -1,9 +1,9 @@
 """Helpers for testing a site that serves the pixel: a config that keeps events in memory.
 
-    from pixel_wsgi.testing import memory_app
-    pixel, events = memory_app(write_key="test-key")
-    TestApp(PixelMiddleware(my_site, pixel)).get("/pixel/v1/track?...")
-    assert events[0]["event"] == "Signed Up"
+from pixel_wsgi.testing import memory_app
+pixel, events = memory_app(write_key="test-key")
+TestApp(PixelMiddleware(my_site, pixel)).get("/pixel/v1/track?...")
+assert events[0]["event"] == "Signed Up"
 """
 
 from __future__ import annotations

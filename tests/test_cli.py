@@ -169,7 +169,9 @@ def test_events_zero_means_all(store, capsys):
     ("setup", "message"),
     [
         pytest.param(lambda db: None, "no such event store", id="missing"),
-        pytest.param(lambda db: db.write_text("not a database at all, not even close to one"), "not a pixel-wsgi event store", id="not-sqlite"),
+        pytest.param(
+            lambda db: db.write_text("not a database at all, not even close to one"), "not a pixel-wsgi event store", id="not-sqlite"
+        ),
         pytest.param(lambda db: sqlite3.connect(db).close(), "not a pixel-wsgi event store", id="no-table"),
     ],
 )
@@ -234,7 +236,14 @@ def test_check_config_reports_every_mistake_with_its_key_path(tmp_path, capsys):
     (tmp_path / "bad.toml").write_text(BAD)
     assert main(["check-config", str(tmp_path / "bad.toml")]) == 1
     err = capsys.readouterr().err
-    for key_path in ("prefix:", "response_body:", "limits.max_params:", "sources[0].write_key: required", "sources[0].ip:", "sources[0].destinations[0]:"):
+    for key_path in (
+        "prefix:",
+        "response_body:",
+        "limits.max_params:",
+        "sources[0].write_key: required",
+        "sources[0].ip:",
+        "sources[0].destinations[0]:",
+    ):
         assert f"  {key_path}" in err, key_path
     assert err.startswith(f"{tmp_path / 'bad.toml'}: 6 mistakes:")
 

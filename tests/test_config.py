@@ -66,18 +66,40 @@ def test_dollar_dollar_is_a_literal_dollar():
     ("change", "errors"),
     [
         pytest.param({"sources": []}, ["sources: at least one [[sources]] table is required"], id="no-sources"),
-        pytest.param({"destinations": {}}, ["destinations: at least one destination is required (events must go somewhere)"], id="no-destinations"),
+        pytest.param(
+            {"destinations": {}}, ["destinations: at least one destination is required (events must go somewhere)"], id="no-destinations"
+        ),
         pytest.param({"sources": [{"name": "web"}]}, ["sources[0].write_key: required"], id="missing-write-key"),
-        pytest.param({"sources": [{"name": "web", "write_key": "${MISSING_KEY}"}]}, ["sources[0].write_key: environment variable MISSING_KEY is not set"], id="missing-env"),
-        pytest.param({"sources": [{"name": "web", "write_key": "k", "ip": "hash"}]}, ["sources[0].ip: must be one of full, anonymize, drop, not 'hash'"], id="bad-ip-mode"),
+        pytest.param(
+            {"sources": [{"name": "web", "write_key": "${MISSING_KEY}"}]},
+            ["sources[0].write_key: environment variable MISSING_KEY is not set"],
+            id="missing-env",
+        ),
+        pytest.param(
+            {"sources": [{"name": "web", "write_key": "k", "ip": "hash"}]},
+            ["sources[0].ip: must be one of full, anonymize, drop, not 'hash'"],
+            id="bad-ip-mode",
+        ),
         pytest.param(
             {"sources": [{"name": "web", "write_key": "k", "unknown_params": "drop"}]},
             ["sources[0].unknown_params: must be one of ignore, reject, keep, not 'drop'"],
             id="bad-unknown-params",
         ),
-        pytest.param({"sources": [{"name": "web", "write_key": "k", "errors_as_pixel": "yes"}]}, ["sources[0].errors_as_pixel: must be true or false, not str"], id="bad-bool"),
-        pytest.param({"sources": [{"name": "web", "write_key": "k", "destinations": ["nope"]}]}, ["sources[0].destinations[0]: no destination named 'nope'"], id="unknown-destination"),
-        pytest.param({"sources": [{"name": "web", "write_key": "k", "color": "red"}]}, ["sources[0].color: unknown option"], id="unknown-source-option"),
+        pytest.param(
+            {"sources": [{"name": "web", "write_key": "k", "errors_as_pixel": "yes"}]},
+            ["sources[0].errors_as_pixel: must be true or false, not str"],
+            id="bad-bool",
+        ),
+        pytest.param(
+            {"sources": [{"name": "web", "write_key": "k", "destinations": ["nope"]}]},
+            ["sources[0].destinations[0]: no destination named 'nope'"],
+            id="unknown-destination",
+        ),
+        pytest.param(
+            {"sources": [{"name": "web", "write_key": "k", "color": "red"}]},
+            ["sources[0].color: unknown option"],
+            id="unknown-source-option",
+        ),
         pytest.param(
             {"sources": [{"name": "a", "write_key": "k"}, {"name": "a", "write_key": "k"}]},
             ["sources[1].name: 'a' is also the name of sources[0]", "sources[1].write_key: same write key as sources[0]"],
@@ -91,16 +113,34 @@ def test_dollar_dollar_is_a_literal_dollar():
         pytest.param({"limits": {"max_widgets": 1}}, ["limits.max_widgets: unknown option"], id="unknown-limit"),
         pytest.param({"dispatch": {"budget": -1}}, ["dispatch.budget: must be at least 0.0"], id="negative-budget"),
         pytest.param({"colour": "blue"}, ["colour: unknown option"], id="unknown-top-level"),
-        pytest.param({"destinations": {"hook": {"url": "x"}}}, ["destinations.hook.type: required (webhook, rudderstack, segment, jsonl, sqlite, memory or package.module:Class)"], id="missing-type"),
+        pytest.param(
+            {"destinations": {"hook": {"url": "x"}}},
+            ["destinations.hook.type: required (webhook, rudderstack, segment, jsonl, sqlite, memory or package.module:Class)"],
+            id="missing-type",
+        ),
         pytest.param(
             {"destinations": {"hook": {"type": "carrier-pigeon"}}},
-            ["destinations.hook.type: unknown type 'carrier-pigeon': use one of " ],
+            ["destinations.hook.type: unknown type 'carrier-pigeon': use one of "],
             id="unknown-type",
         ),
-        pytest.param({"destinations": {"hook": {"type": "no.such.module:Thing"}}}, ["destinations.hook.type: cannot import 'no.such.module'"], id="bad-import"),
-        pytest.param({"destinations": {"hook": {"type": "json:JSONDecoder"}}}, ["destinations.hook.type: 'json:JSONDecoder' is not a pixel_wsgi.destinations.Destination subclass"], id="not-a-destination"),
-        pytest.param({"destinations": {"mem": {"type": "memory", "size": 3}}}, ["destinations.mem.size: unknown option"], id="unknown-destination-option"),
-        pytest.param({"destinations": {"db": {"type": "sqlite", "path": ""}}}, ["destinations.db.path: must not be empty"], id="empty-sqlite-path"),
+        pytest.param(
+            {"destinations": {"hook": {"type": "no.such.module:Thing"}}},
+            ["destinations.hook.type: cannot import 'no.such.module'"],
+            id="bad-import",
+        ),
+        pytest.param(
+            {"destinations": {"hook": {"type": "json:JSONDecoder"}}},
+            ["destinations.hook.type: 'json:JSONDecoder' is not a pixel_wsgi.destinations.Destination subclass"],
+            id="not-a-destination",
+        ),
+        pytest.param(
+            {"destinations": {"mem": {"type": "memory", "size": 3}}},
+            ["destinations.mem.size: unknown option"],
+            id="unknown-destination-option",
+        ),
+        pytest.param(
+            {"destinations": {"db": {"type": "sqlite", "path": ""}}}, ["destinations.db.path: must not be empty"], id="empty-sqlite-path"
+        ),
     ],
 )
 def test_config_errors_name_their_key_path(change, errors):

@@ -137,16 +137,26 @@ def test_connection_refused_is_retryable(closing):
     [
         pytest.param({"type": "webhook"}, "destinations.dest.url: required", id="webhook-url-required"),
         pytest.param({"type": "webhook", "url": "ftp://x"}, "destinations.dest.url: must be an http", id="webhook-url-scheme"),
-        pytest.param({"type": "webhook", "url": "http://x", "timeout": "5"}, "destinations.dest.timeout: must be a number", id="timeout-type"),
-        pytest.param({"type": "webhook", "url": "http://x", "retries": -1}, "destinations.dest.retries: must be at least 0", id="retries-negative"),
-        pytest.param({"type": "webhook", "url": "http://x", "headers": {"X": 1}}, "destinations.dest.headers: values must be strings", id="headers"),
-        pytest.param({"type": "webhook", "url": "http://x", "secret": "s"}, "destinations.dest.secret: unknown option", id="unknown-option"),
+        pytest.param(
+            {"type": "webhook", "url": "http://x", "timeout": "5"}, "destinations.dest.timeout: must be a number", id="timeout-type"
+        ),
+        pytest.param(
+            {"type": "webhook", "url": "http://x", "retries": -1}, "destinations.dest.retries: must be at least 0", id="retries-negative"
+        ),
+        pytest.param(
+            {"type": "webhook", "url": "http://x", "headers": {"X": 1}}, "destinations.dest.headers: values must be strings", id="headers"
+        ),
+        pytest.param(
+            {"type": "webhook", "url": "http://x", "secret": "s"}, "destinations.dest.secret: unknown option", id="unknown-option"
+        ),
         pytest.param({"type": "rudderstack", "write_key": "k"}, "destinations.dest.data_plane_url: required", id="rudderstack-url"),
         pytest.param({"type": "rudderstack", "data_plane_url": "http://x"}, "destinations.dest.write_key: required", id="rudderstack-key"),
         pytest.param({"type": "segment"}, "destinations.dest.write_key: required", id="segment-key"),
         pytest.param({"type": "jsonl"}, "destinations.dest.path: required", id="jsonl-path"),
         pytest.param({"type": "kafka"}, "destinations.dest.type: unknown type 'kafka'", id="unknown-type"),
-        pytest.param({"type": "tests.test_destinations:NotADestination"}, "is not a pixel_wsgi.destinations.Destination", id="not-a-destination"),
+        pytest.param(
+            {"type": "tests.test_destinations:NotADestination"}, "is not a pixel_wsgi.destinations.Destination", id="not-a-destination"
+        ),
         pytest.param({"type": "tests.test_destinations:ListDestination"}, "destinations.dest.label: required", id="user-class-option"),
     ],
 )

@@ -216,7 +216,9 @@ def test_start_up_check_creates_no_file(tmp_path):
 def test_write_keys_are_never_logged(make_app, tmp_path, caplog):
     with Sink() as gone:
         url = gone.url
-    config = delivery_config(tmp_path, {"rs": {"type": "rudderstack", "data_plane_url": url, "write_key": "secret-write-key-123", "retries": 0}})
+    config = delivery_config(
+        tmp_path, {"rs": {"type": "rudderstack", "data_plane_url": url, "write_key": "secret-write-key-123", "retries": 0}}
+    )
     app = PixelApp(config)
     try:
         with caplog.at_level(logging.DEBUG, logger="pixel_wsgi"):

@@ -261,7 +261,9 @@ def test_pixel_toml_documents_every_option():
 
 
 def test_dev_toml_passes_check_config():
-    result = subprocess.run([sys.executable, "-m", "pixel_wsgi", "check-config", str(EXAMPLES / "dev.toml")], capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "pixel_wsgi", "check-config", str(EXAMPLES / "dev.toml")], capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stderr
 
 

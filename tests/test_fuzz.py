@@ -77,16 +77,67 @@ def assert_documented(status: int, headers: dict, body: bytes, *, as_pixel: bool
 # The pieces a hostile or broken client puts in a query: structure characters, escapes
 # (valid, truncated, of invalid UTF-8), digits for indexes, and long runs of any of them.
 _ATOMS = st.one_of(
-    st.sampled_from(["&", "=", ".", "[", "]", "[]", "+", "%", "%2", "%25", "%00", "%0d%0a", "%ff", "%c3", "%c3%a9",
-                     "%e2%82", "%ed%a0%80", "%5B", "%5D", "%2E", "%26", "%3D", "properties", "context", "type",
-                     "receivedAt", "integrations", "writeKey", "userId", "anonymousId", "event", "name",
-                     "messageId", "timestamp", "revenue", "quantity", "screen", "width", "0", "1", "100", "101",
-                     "1000000000", "-1", "\x00", "\t", "\x7f", "é", "\u2028", "\x80", "\xff"]),
+    st.sampled_from(
+        [
+            "&",
+            "=",
+            ".",
+            "[",
+            "]",
+            "[]",
+            "+",
+            "%",
+            "%2",
+            "%25",
+            "%00",
+            "%0d%0a",
+            "%ff",
+            "%c3",
+            "%c3%a9",
+            "%e2%82",
+            "%ed%a0%80",
+            "%5B",
+            "%5D",
+            "%2E",
+            "%26",
+            "%3D",
+            "properties",
+            "context",
+            "type",
+            "receivedAt",
+            "integrations",
+            "writeKey",
+            "userId",
+            "anonymousId",
+            "event",
+            "name",
+            "messageId",
+            "timestamp",
+            "revenue",
+            "quantity",
+            "screen",
+            "width",
+            "0",
+            "1",
+            "100",
+            "101",
+            "1000000000",
+            "-1",
+            "\x00",
+            "\t",
+            "\x7f",
+            "é",
+            "\u2028",
+            "\x80",
+            "\xff",
+        ]
+    ),
     st.text(alphabet=st.characters(max_codepoint=0xFF), max_size=8),
     st.integers(min_value=0, max_value=10**12).map(str),
 )
-_RUNS = st.tuples(st.sampled_from([".", "[", "]", "[0]", "a.", "&", "=", "%", "+", "[]"]),
-                  st.integers(min_value=1, max_value=400)).map(lambda pair: pair[0] * pair[1])
+_RUNS = st.tuples(st.sampled_from([".", "[", "]", "[0]", "a.", "&", "=", "%", "+", "[]"]), st.integers(min_value=1, max_value=400)).map(
+    lambda pair: pair[0] * pair[1]
+)
 # Python refuses to convert integer strings over 4300 digits: numbers around that size.
 _DIGIT_RUNS = st.integers(min_value=4000, max_value=6000).map(lambda count: "9" * count)
 # Text as UTF-8 on the wire; a few raw bytes that are not UTF-8 at all are mixed in.
@@ -97,17 +148,47 @@ structured_query = st.lists(
 # Well-formed parameters with hostile values: these get past the parser to the schemas.
 _NESTED_KEYS = st.tuples(
     st.sampled_from(["properties", "context", "context.screen", "properties.products[0]", "properties.items.0"]),
-    st.sampled_from([".revenue", ".quantity", ".price", ".width", ".density", ".n", "[]", ".tags[]", "[0]", ".0",
-                     ".page.path", ".ip", ".library.name"]),
+    st.sampled_from(
+        [".revenue", ".quantity", ".price", ".width", ".density", ".n", "[]", ".tags[]", "[0]", ".0", ".page.path", ".ip", ".library.name"]
+    ),
 ).map("".join)
-_TOP_LEVEL_KEYS = st.sampled_from(["userId", "messageId", "timestamp", "originalTimestamp", "sentAt", "name",
-                                   "category", "channel", "type", "receivedAt", "integrations.All", "cb"])
+_TOP_LEVEL_KEYS = st.sampled_from(
+    [
+        "userId",
+        "messageId",
+        "timestamp",
+        "originalTimestamp",
+        "sentAt",
+        "name",
+        "category",
+        "channel",
+        "type",
+        "receivedAt",
+        "integrations.All",
+        "cb",
+    ]
+)
 _VALUES = st.one_of(
     _ATOMS,
     _DIGIT_RUNS,
     st.from_regex(r"-?\d{1,30}(\.\d{1,30})?([eE][+-]?\d{1,6})?", fullmatch=True),
-    st.sampled_from(["true", "false", "null", "NaN", "Infinity", "-0", "1e309", "0x10", "１２", "\"q\"",
-                     "2024-02-30T12:00:00Z", "2024-01-31T24:00:00Z", "2024-01-31T12:00:00+99:99"]),
+    st.sampled_from(
+        [
+            "true",
+            "false",
+            "null",
+            "NaN",
+            "Infinity",
+            "-0",
+            "1e309",
+            "0x10",
+            "１２",
+            '"q"',
+            "2024-02-30T12:00:00Z",
+            "2024-01-31T24:00:00Z",
+            "2024-01-31T12:00:00+99:99",
+        ]
+    ),
 )
 parameters = (
     st.lists(st.tuples(st.one_of(_NESTED_KEYS, _TOP_LEVEL_KEYS), _VALUES), max_size=8, unique_by=lambda pair: pair[0])

@@ -71,14 +71,23 @@ ROWS = [
         id="100000-parameters",
     ),
     pytest.param(
-        Row(b"&".join([VALID] + [b"p%d=1" % i for i in range(99_997)]), 400, b"too many parameters: 100000, the limit is 1000",
-            options={"limits": BIG_LIMITS}),
+        Row(
+            b"&".join([VALID] + [b"p%d=1" % i for i in range(99_997)]),
+            400,
+            b"too many parameters: 100000, the limit is 1000",
+            options={"limits": BIG_LIMITS},
+        ),
         id="100000-parameters-under-a-raised-length-limit",
     ),
-    pytest.param(Row(VALID + b"&properties.x=" + b"x" * (1 << 20), 414, b"query string longer than the limit of 32768 bytes"), id="1mb-query"),
     pytest.param(
-        Row(VALID + b"&" + DEEP + b"=1", 400,
-            b"parameter name longer than the limit of 256 characters: 'properties.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a'\xe2\x80\xa6"),
+        Row(VALID + b"&properties.x=" + b"x" * (1 << 20), 414, b"query string longer than the limit of 32768 bytes"), id="1mb-query"
+    ),
+    pytest.param(
+        Row(
+            VALID + b"&" + DEEP + b"=1",
+            400,
+            b"parameter name longer than the limit of 256 characters: 'properties.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a'\xe2\x80\xa6",
+        ),
         id="depth-1000-dots",
     ),
     pytest.param(
@@ -86,68 +95,122 @@ ROWS = [
         id="depth-1000-dots-under-a-raised-key-limit",
     ),
     pytest.param(
-        Row(VALID + b"&" + DEEP_BRACKETS + b"=1", 400, DEEP_BRACKETS + b": nested deeper than the limit of 32 levels",
-            options={"limits": BIG_LIMITS}),
+        Row(
+            VALID + b"&" + DEEP_BRACKETS + b"=1",
+            400,
+            DEEP_BRACKETS + b": nested deeper than the limit of 32 levels",
+            options={"limits": BIG_LIMITS},
+        ),
         id="depth-1000-brackets-under-a-raised-key-limit",
     ),
     pytest.param(
-        Row(VALID + b"&properties.items[1000000000].sku=A", 400,
-            b"properties.items[1000000000].sku: array index 1000000000 is over the limit of 100"),
+        Row(
+            VALID + b"&properties.items[1000000000].sku=A",
+            400,
+            b"properties.items[1000000000].sku: array index 1000000000 is over the limit of 100",
+        ),
         id="index-10e9-brackets",
     ),
     pytest.param(
-        Row(VALID + b"&properties.items.1000000000.sku=A", 400,
-            b"properties.items.1000000000.sku: array index 1000000000 is over the limit of 100"),
+        Row(
+            VALID + b"&properties.items.1000000000.sku=A",
+            400,
+            b"properties.items.1000000000.sku: array index 1000000000 is over the limit of 100",
+        ),
         id="index-10e9-dots",
     ),
     pytest.param(
-        Row(VALID + b"&properties.items[" + b"9" * 5000 + b"]=A", 400,
-            b"properties.items[" + b"9" * 5000 + b"]: array index 999999999999 is over the limit of 100", options={"limits": BIG_LIMITS}),
+        Row(
+            VALID + b"&properties.items[" + b"9" * 5000 + b"]=A",
+            400,
+            b"properties.items[" + b"9" * 5000 + b"]: array index 999999999999 is over the limit of 100",
+            options={"limits": BIG_LIMITS},
+        ),
         id="index-5000-digits",
     ),
-    pytest.param(Row(VALID + b"&properties.a%00b=1", 400, b"parameter name with a control character: 'properties.a\\x00b'"), id="nul-escaped-in-key"),
-    pytest.param(Row(VALID + b"&properties.a\x00b=1", 400, b"parameter name with a control character: 'properties.a\\x00b'"), id="nul-raw-in-key"),
-    pytest.param(Row(VALID + b"&properties.a%1b[2Jb=1", 400, b"parameter name with a control character: 'properties.a\\x1b[2Jb'"), id="escape-in-key"),
+    pytest.param(
+        Row(VALID + b"&properties.a%00b=1", 400, b"parameter name with a control character: 'properties.a\\x00b'"), id="nul-escaped-in-key"
+    ),
+    pytest.param(
+        Row(VALID + b"&properties.a\x00b=1", 400, b"parameter name with a control character: 'properties.a\\x00b'"), id="nul-raw-in-key"
+    ),
+    pytest.param(
+        Row(VALID + b"&properties.a%1b[2Jb=1", 400, b"parameter name with a control character: 'properties.a\\x1b[2Jb'"), id="escape-in-key"
+    ),
     pytest.param(Row(VALID + b"&properties.a%7f=1", 400, b"parameter name with a control character: 'properties.a\\x7f'"), id="del-in-key"),
     pytest.param(
-        Row(VALID + CRLF_REVENUE, 200, TRANSPARENT_GIF, options={"errors_as_pixel": True},
-            header_error="properties.revenue: must be a number, not '1\\r\\nSet-Cookie: sid=evil'"),
+        Row(
+            VALID + CRLF_REVENUE,
+            200,
+            TRANSPARENT_GIF,
+            options={"errors_as_pixel": True},
+            header_error="properties.revenue: must be a number, not '1\\r\\nSet-Cookie: sid=evil'",
+        ),
         id="crlf-in-value-errors-as-pixel",
     ),
     pytest.param(
-        Row(VALID + CRLF_KEY, 200, TRANSPARENT_GIF, options={"errors_as_pixel": True},
-            header_error="parameter name with a control character: 'properties.a\\r\\nX-Injected: yes'"),
+        Row(
+            VALID + CRLF_KEY,
+            200,
+            TRANSPARENT_GIF,
+            options={"errors_as_pixel": True},
+            header_error="parameter name with a control character: 'properties.a\\r\\nX-Injected: yes'",
+        ),
         id="crlf-in-key-errors-as-pixel",
     ),
     pytest.param(
-        Row(VALID + b"&timestamp=%0d%0aSet-Cookie:%20%E2%80%A8x", 200, TRANSPARENT_GIF, options={"errors_as_pixel": True},
-            header_error="timestamp: must be an ISO 8601 date and time such as 2024-01-31T12:00:00.000Z, not '\\r\\nSet-Cookie: \\u2028x'"),
+        Row(
+            VALID + b"&timestamp=%0d%0aSet-Cookie:%20%E2%80%A8x",
+            200,
+            TRANSPARENT_GIF,
+            options={"errors_as_pixel": True},
+            header_error="timestamp: must be an ISO 8601 date and time such as 2024-01-31T12:00:00.000Z, not '\\r\\nSet-Cookie: \\u2028x'",
+        ),
         id="crlf-and-unicode-line-separator-errors-as-pixel",
     ),
     pytest.param(
         Row(VALID + CRLF_REVENUE, 400, b"properties.revenue: must be a number, not '1\\r\\nSet-Cookie: sid=evil'"),
         id="crlf-in-value-as-text",
     ),
-    pytest.param(Row(VALID, 200, TRANSPARENT_GIF, environ={"HTTP_X_FORWARDED_FOR": "6.6.6.6"}, check=ip_is(REMOTE)),
-                 id="x-forwarded-for-without-trusted-proxies"),
     pytest.param(
-        Row(VALID, 200, TRANSPARENT_GIF, options={"trusted_proxies": 1},
-            environ={"HTTP_X_FORWARDED_FOR": "6.6.6.6, 203.0.113.7"}, check=ip_is("203.0.113.7")),
+        Row(VALID, 200, TRANSPARENT_GIF, environ={"HTTP_X_FORWARDED_FOR": "6.6.6.6"}, check=ip_is(REMOTE)),
+        id="x-forwarded-for-without-trusted-proxies",
+    ),
+    pytest.param(
+        Row(
+            VALID,
+            200,
+            TRANSPARENT_GIF,
+            options={"trusted_proxies": 1},
+            environ={"HTTP_X_FORWARDED_FOR": "6.6.6.6, 203.0.113.7"},
+            check=ip_is("203.0.113.7"),
+        ),
         id="x-forwarded-for-spoofed-hop-left-of-one-trusted-proxy",
     ),
     pytest.param(
-        Row(VALID, 200, TRANSPARENT_GIF, options={"trusted_proxies": 2},
-            environ={"HTTP_X_FORWARDED_FOR": "6.6.6.6, 198.51.100.1, 203.0.113.7"}, check=ip_is("198.51.100.1")),
+        Row(
+            VALID,
+            200,
+            TRANSPARENT_GIF,
+            options={"trusted_proxies": 2},
+            environ={"HTTP_X_FORWARDED_FOR": "6.6.6.6, 198.51.100.1, 203.0.113.7"},
+            check=ip_is("198.51.100.1"),
+        ),
         id="x-forwarded-for-two-trusted-proxies",
     ),
     pytest.param(
-        Row(VALID, 200, TRANSPARENT_GIF, options={"trusted_proxies": 2}, environ={"HTTP_X_FORWARDED_FOR": "6.6.6.6"},
-            check=ip_is(REMOTE)),
+        Row(VALID, 200, TRANSPARENT_GIF, options={"trusted_proxies": 2}, environ={"HTTP_X_FORWARDED_FOR": "6.6.6.6"}, check=ip_is(REMOTE)),
         id="x-forwarded-for-fewer-hops-than-trusted-proxies",
     ),
     pytest.param(
-        Row(VALID, 200, TRANSPARENT_GIF, options={"trusted_proxies": 1}, environ={"HTTP_X_FORWARDED_FOR": "<script>, ' OR 1=1"},
-            check=ip_is(REMOTE)),
+        Row(
+            VALID,
+            200,
+            TRANSPARENT_GIF,
+            options={"trusted_proxies": 1},
+            environ={"HTTP_X_FORWARDED_FOR": "<script>, ' OR 1=1"},
+            check=ip_is(REMOTE),
+        ),
         id="x-forwarded-for-garbage",
     ),
     pytest.param(
@@ -155,22 +218,30 @@ ROWS = [
         id="context-ip-parameter-cannot-defeat-anonymize",
     ),
     pytest.param(
-        Row(VALID + b"&properties.revenue=%3Cscript%3Ealert(1)%3C/script%3E", 400,
-            b"properties.revenue: must be a number, not '<script>alert(1)</script>'"),
+        Row(
+            VALID + b"&properties.revenue=%3Cscript%3Ealert(1)%3C/script%3E",
+            400,
+            b"properties.revenue: must be a number, not '<script>alert(1)</script>'",
+        ),
         id="html-in-value",
     ),
     pytest.param(
-        Row(VALID + b"&%3Cimg%20src=x%20onerror=alert(1)%3E=1", 400, b"unknown parameter: <img src",
-            options={"unknown_params": "reject"}),
+        Row(VALID + b"&%3Cimg%20src=x%20onerror=alert(1)%3E=1", 400, b"unknown parameter: <img src", options={"unknown_params": "reject"}),
         id="html-in-unknown-parameter-name",
     ),
     pytest.param(Row(VALID + OVERRULE, 200, TRANSPARENT_GIF, check=server_fields_win), id="server-fields-cannot-be-overruled"),
-    pytest.param(Row(VALID + OVERRULE, 200, TRANSPARENT_GIF, options={"unknown_params": "keep"}, check=server_fields_win),
-                 id="server-fields-cannot-be-overruled-keep"),
-    pytest.param(Row(VALID + OVERRULE, 200, TRANSPARENT_GIF, options={"unknown_params": "reject"}, check=server_fields_win),
-                 id="server-fields-cannot-be-overruled-reject"),
-    pytest.param(Row(VALID + b"&properties.n=" + b"9" * 5000, 200, TRANSPARENT_GIF, options={"infer_types": True}),
-                 id="infer-types-5000-digit-integer"),
+    pytest.param(
+        Row(VALID + OVERRULE, 200, TRANSPARENT_GIF, options={"unknown_params": "keep"}, check=server_fields_win),
+        id="server-fields-cannot-be-overruled-keep",
+    ),
+    pytest.param(
+        Row(VALID + OVERRULE, 200, TRANSPARENT_GIF, options={"unknown_params": "reject"}, check=server_fields_win),
+        id="server-fields-cannot-be-overruled-reject",
+    ),
+    pytest.param(
+        Row(VALID + b"&properties.n=" + b"9" * 5000, 200, TRANSPARENT_GIF, options={"infer_types": True}),
+        id="infer-types-5000-digit-integer",
+    ),
 ]
 
 

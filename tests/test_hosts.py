@@ -143,7 +143,11 @@ def test_pixel_url_through_the_host(host):
 def _passes_through(site_host: Host, method: str, path: str) -> None:
     wrapped = getattr(site_host.client, method)(path, expect_errors=True)
     direct = getattr(site_host.site, method)(path, expect_errors=True)
-    assert (wrapped.status, wrapped.headers.get("Content-Type"), wrapped.body) == (direct.status, direct.headers.get("Content-Type"), direct.body)
+    assert (wrapped.status, wrapped.headers.get("Content-Type"), wrapped.body) == (
+        direct.status,
+        direct.headers.get("Content-Type"),
+        direct.body,
+    )
     assert site_host.events == []
 
 

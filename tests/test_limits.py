@@ -19,7 +19,9 @@ def deep_key(depth: int) -> str:
     ("extra", "status", "message"),
     [
         pytest.param("&".join(f"properties.p{i}=1" for i in range(997)), 200, None, id="1000-params-ok"),
-        pytest.param("&".join(f"properties.p{i}=1" for i in range(998)), 400, "too many parameters: 1001, the limit is 1000", id="1001-params"),
+        pytest.param(
+            "&".join(f"properties.p{i}=1" for i in range(998)), 400, "too many parameters: 1001, the limit is 1000", id="1001-params"
+        ),
         pytest.param(f"{deep_key(32)}=x", 200, None, id="depth-32-ok"),
         pytest.param(f"{deep_key(33)}=x", 400, f"{deep_key(33)}: nested deeper than the limit of 32 levels", id="depth-33"),
         pytest.param(f"properties.{'k' * 245}=x", 200, None, id="key-256-ok"),
@@ -31,7 +33,9 @@ def deep_key(depth: int) -> str:
         ),
         pytest.param("&".join(f"properties.a[{i}]=x" for i in range(101)), 200, None, id="index-100-ok"),
         pytest.param("properties.a[101]=x", 400, "properties.a[101]: array index 101 is over the limit of 100", id="index-101"),
-        pytest.param("properties.a.1000000000=x", 400, "properties.a.1000000000: array index 1000000000 is over the limit of 100", id="index-10-9"),
+        pytest.param(
+            "properties.a.1000000000=x", 400, "properties.a.1000000000: array index 1000000000 is over the limit of 100", id="index-10-9"
+        ),
         pytest.param("properties.%FF=x", 400, "parameter name is not valid UTF-8: 'properties.%FF'", id="key-not-utf8"),
         pytest.param("properties.a=%C3%28", 400, "properties.a: value is not valid UTF-8", id="value-not-utf8"),
         pytest.param("properties.a%00b=x", 400, "parameter name with a control character: 'properties.a\\x00b'", id="nul-in-key"),

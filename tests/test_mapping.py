@@ -45,8 +45,7 @@ def track(client, extra: str, **kwargs):
         pytest.param("properties.revenue=29.99", {"revenue": 29.99}, id="revenue-number"),
         pytest.param("properties.value=10", {"value": 10}, id="value-integer-number"),
         pytest.param(
-            "properties.price=1.5&properties.total=2&properties.subtotal=3&properties.tax=0.1"
-            "&properties.shipping=4&properties.discount=-1",
+            "properties.price=1.5&properties.total=2&properties.subtotal=3&properties.tax=0.1&properties.shipping=4&properties.discount=-1",
             {"price": 1.5, "total": 2, "subtotal": 3, "tax": 0.1, "shipping": 4, "discount": -1},
             id="commerce-numbers",
         ),
@@ -117,8 +116,12 @@ def test_screen_typing(client, events, params, expected_screen):
         pytest.param("properties.a[]b=1", "properties.a[]b: malformed brackets in the parameter name", id="text-after-brackets"),
         pytest.param("properties.a[x=1", "properties.a[x: malformed brackets in the parameter name", id="unclosed-bracket"),
         pytest.param("properties.a[].b=1", "properties.a[].b: '[]' may only end a parameter name", id="append-in-middle"),
-        pytest.param("properties=flat", "properties: must be given as nested parameters (name.key=value), not as a value", id="properties-not-object"),
-        pytest.param("context=flat", "context: must be given as nested parameters (name.key=value), not as a value", id="context-not-object"),
+        pytest.param(
+            "properties=flat", "properties: must be given as nested parameters (name.key=value), not as a value", id="properties-not-object"
+        ),
+        pytest.param(
+            "context=flat", "context: must be given as nested parameters (name.key=value), not as a value", id="context-not-object"
+        ),
         pytest.param("properties.revenue=abc", "properties.revenue: must be a number, not 'abc'", id="revenue-not-number"),
         pytest.param("properties.revenue=NaN", "properties.revenue: must be a number, not 'NaN'", id="revenue-nan"),
         pytest.param("properties.revenue=1e999", "properties.revenue: must be a number, not '1e999'", id="revenue-infinite"),
@@ -173,16 +176,24 @@ def test_invalid_parameters_are_400_naming_the_parameter(client, events, params,
 @pytest.mark.parametrize(
     ("path", "params", "message"),
     [
-        pytest.param("track", f"writeKey={WRITE_KEY}&event=E", "anonymousId or userId is required (at least one, not empty)", id="no-identity"),
         pytest.param(
-            "track", f"writeKey={WRITE_KEY}&event=E&anonymousId=&userId=", "anonymousId or userId is required (at least one, not empty)", id="empty-identity"
+            "track", f"writeKey={WRITE_KEY}&event=E", "anonymousId or userId is required (at least one, not empty)", id="no-identity"
+        ),
+        pytest.param(
+            "track",
+            f"writeKey={WRITE_KEY}&event=E&anonymousId=&userId=",
+            "anonymousId or userId is required (at least one, not empty)",
+            id="empty-identity",
         ),
         pytest.param("track", f"writeKey={WRITE_KEY}&anonymousId=a", "event: required", id="no-event"),
         pytest.param("track", f"writeKey={WRITE_KEY}&anonymousId=a&event=", "event: required, must not be empty", id="empty-event"),
         pytest.param("page", "anonymousId=a", "writeKey: required", id="no-write-key"),
         pytest.param("page", "writeKey=&anonymousId=a", "writeKey: required", id="empty-write-key"),
         pytest.param(
-            "page", f"writeKey={WRITE_KEY}&writeKey={WRITE_KEY}&anonymousId=a", "writeKey: given more than once; a single value is required", id="two-write-keys"
+            "page",
+            f"writeKey={WRITE_KEY}&writeKey={WRITE_KEY}&anonymousId=a",
+            "writeKey: given more than once; a single value is required",
+            id="two-write-keys",
         ),
     ],
 )
@@ -260,9 +271,7 @@ def test_context_is_open(client, events):
 )
 def test_unknown_parameters(mode, status, expected):
     app, events = memory_app(WRITE_KEY, unknown_params=mode)
-    response = TestApp(app).get(
-        f"/pixel/v1/track?{IDENTITY}&event=E&cb=123&_=x&utm.source=mail&type=page", status=status
-    )
+    response = TestApp(app).get(f"/pixel/v1/track?{IDENTITY}&event=E&cb=123&_=x&utm.source=mail&type=page", status=status)
     if status == 400:
         assert response.text == expected
         return

@@ -37,7 +37,9 @@ class LegacyApp:
     def __call__(self, environ, start_response):
         length = int(environ.get("CONTENT_LENGTH") or 0)
         posted = environ["wsgi.input"].read(length) if length else b""
-        self.seen.append((environ["REQUEST_METHOD"], environ.get("SCRIPT_NAME", ""), environ["PATH_INFO"], posted, environ.get("HTTP_X_LEGACY")))
+        self.seen.append(
+            (environ["REQUEST_METHOD"], environ.get("SCRIPT_NAME", ""), environ["PATH_INFO"], posted, environ.get("HTTP_X_LEGACY"))
+        )
         start_response("201 Created", [("Content-Type", "text/plain"), ("X-Legacy", "yes")])
         body = StreamedBody([b"chunk-1;", b"chunk-2;", posted])
         self.bodies.append(body)

@@ -33,9 +33,19 @@ def assert_pixel_headers(response):
         pytest.param(f"/pixel/v1/track?{VALID}", 200, "image/gif", TRANSPARENT_GIF, id="accepted-track"),
         pytest.param(f"/pixel/v1/page?{VALID}", 200, "image/gif", TRANSPARENT_GIF, id="accepted-page"),
         pytest.param("/pixel/v1/track?anonymousId=a&event=E", 400, "text/plain", b"writeKey: required", id="missing-parameter"),
-        pytest.param(f"/pixel/v1/track?{VALID}&properties.revenue=x", 400, "text/plain", b"properties.revenue: must be a number, not 'x'", id="invalid-parameter"),
-        pytest.param("/pixel/v1/track?writeKey=nope&anonymousId=a&event=E", 401, "text/plain", b"invalid write key", id="unknown-write-key"),
-        pytest.param("/pixel/v1/track?writeKey=off-key&anonymousId=a&event=E", 404, "text/plain", b"source is disabled", id="disabled-source"),
+        pytest.param(
+            f"/pixel/v1/track?{VALID}&properties.revenue=x",
+            400,
+            "text/plain",
+            b"properties.revenue: must be a number, not 'x'",
+            id="invalid-parameter",
+        ),
+        pytest.param(
+            "/pixel/v1/track?writeKey=nope&anonymousId=a&event=E", 401, "text/plain", b"invalid write key", id="unknown-write-key"
+        ),
+        pytest.param(
+            "/pixel/v1/track?writeKey=off-key&anonymousId=a&event=E", 404, "text/plain", b"source is disabled", id="disabled-source"
+        ),
         pytest.param(
             f"/pixel/v1/track?{VALID}&properties.pad={'x' * 33000}",
             414,
@@ -144,7 +154,6 @@ def test_rejections_are_logged_once_with_status_reason_path_and_client(client, c
     assert record.levelno == logging.INFO
     assert record.getMessage() == "rejected 401 /pixel/v1/page: invalid write key (source unknown, client 198.51.100.7)"
     assert "secretkey123" not in caplog.text
-
 
 
 def test_undeliverable_event_is_503_even_with_errors_as_pixel(tmp_path, caplog):

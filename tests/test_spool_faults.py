@@ -33,7 +33,11 @@ def run_faulty(mode: str, directory, requests: int) -> list[dict]:
         prefix = DROP_DAC
     result = subprocess.run(
         [*prefix, sys.executable, "-m", "tests.support.spool_faults", mode, str(directory), str(requests)],
-        capture_output=True, text=True, timeout=60, env=environment(), cwd=os.path.dirname(os.path.dirname(__file__)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment(),
+        cwd=os.path.dirname(os.path.dirname(__file__)),
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Traceback" not in result.stdout
@@ -87,10 +91,18 @@ def _garbage_header(path) -> None:
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        pytest.param(lambda p: p.write_bytes(b"\x00" * 10), r"spool.path: .* cannot be used as a spool \(file is not a database\)", id="ten-zero-bytes"),
-        pytest.param(_truncated, r"spool.path: .* cannot be used as a spool \(database disk image is malformed\)", id="truncated-to-a-third"),
+        pytest.param(
+            lambda p: p.write_bytes(b"\x00" * 10),
+            r"spool.path: .* cannot be used as a spool \(file is not a database\)",
+            id="ten-zero-bytes",
+        ),
+        pytest.param(
+            _truncated, r"spool.path: .* cannot be used as a spool \(database disk image is malformed\)", id="truncated-to-a-third"
+        ),
         pytest.param(_garbage_header, r"spool.path: .* cannot be used as a spool \(.*\)", id="sqlite-header-then-garbage"),
-        pytest.param(lambda p: p.mkdir(), r"spool.path: .* cannot be used as a spool \(unable to open database file\)", id="path-is-a-directory"),
+        pytest.param(
+            lambda p: p.mkdir(), r"spool.path: .* cannot be used as a spool \(unable to open database file\)", id="path-is-a-directory"
+        ),
     ],
 )
 def test_corrupt_spool_is_a_clear_start_up_error(tmp_path, make, message):

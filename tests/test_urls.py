@@ -31,9 +31,9 @@ def fetch(client: Any, url: str, status: int = 200) -> Any:
 # Names the parser reads back unchanged: no '.', '[' or ']', not all digits, no
 # control characters; anything else (spaces, '&', '=', '%', '+', non-ASCII) must survive
 # percent-encoding.
-names = st.text(
-    st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters=".[]"), min_size=1, max_size=12
-).filter(lambda name: not name.isdigit())
+names = st.text(st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters=".[]"), min_size=1, max_size=12).filter(
+    lambda name: not name.isdigit()
+)
 texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
 scalars = st.one_of(texts, st.integers(-(10**12), 10**12), st.booleans())
 numbers = st.one_of(st.integers(-(10**9), 10**9), st.floats(allow_nan=False, allow_infinity=False, width=64))

@@ -100,7 +100,7 @@ timeout = 0.5
 retries = 1
 
 [spool]
-path = "{directory / 'spool.sqlite3'}"
+path = "{directory / "spool.sqlite3"}"
 
 [dispatch]
 budget = 1.0

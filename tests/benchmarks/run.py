@@ -586,9 +586,7 @@ def bench_dead_destination(rounds: int, count: int) -> Dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="pixel-bench-") as directory:
         config = {
             "sources": [{"name": "bench", "write_key": WRITE_KEY}],
-            "destinations": {
-                "dead": {"type": "webhook", "url": f"http://{HOST}:{dead_port}/hook", "timeout": 0.5, "retries": 0}
-            },
+            "destinations": {"dead": {"type": "webhook", "url": f"http://{HOST}:{dead_port}/hook", "timeout": 0.5, "retries": 0}},
             "spool": {"path": os.path.join(directory, "spool.sqlite3")},
             # No probe during the measurement: the circuit stays open.
             "dispatch": {"breaker_failures": 3, "breaker_cooldown": 3600},

@@ -60,6 +60,4 @@ def environment() -> dict[str, str]:
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """``pixel-wsgi ARGS`` in a subprocess (as ``python -m pixel_wsgi``), output captured."""
-    return subprocess.run(
-        [sys.executable, "-m", "pixel_wsgi", *args], capture_output=True, text=True, timeout=timeout, env=environment()
-    )
+    return subprocess.run([sys.executable, "-m", "pixel_wsgi", *args], capture_output=True, text=True, timeout=timeout, env=environment())

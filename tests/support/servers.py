@@ -67,7 +67,9 @@ def wait_for_port(port: int, *, process: subprocess.Popen[Any] | None = None, ti
     raise TimeoutError(f"nothing listening on {LOOPBACK}:{port} after {timeout} s")
 
 
-def http_get(url: str, *, method: str = "GET", headers: Mapping[str, str] | None = None, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+def http_get(
+    url: str, *, method: str = "GET", headers: Mapping[str, str] | None = None, timeout: float = 10.0
+) -> tuple[int, dict[str, str], bytes]:
     """One request over a real socket: ``(status, headers with lower-case names, body)``."""
     parts = urlsplit(url)
     if parts.hostname not in (LOOPBACK, "localhost"):
