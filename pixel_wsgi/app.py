@@ -17,11 +17,12 @@ from marshmallow import ValidationError
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
-from .config import Config, SourceConfig, load_config, mask_write_key
-from .destinations import Destination, Payload, build_destination, validate_destination
+from .config import Config, SourceConfig, load_config
+from .destinations import Destination, Payload
 from .dispatch import Dispatcher
 from .errors import RequestRejected, bad_parameter
 from .event import complete_event
+from .masking import mask_write_key
 from .parsing import nest, split_query, top_level_name
 from .responses import Responses, one_line
 from .schemas import EventSchemas, format_errors
@@ -49,13 +50,10 @@ class PixelApp:
     """
 
     def __init__(self, config: Config | Mapping[str, Any] | str | os.PathLike[str] | None = None) -> None:
-        self.config = load_config(config, validate_destination=validate_destination)
-        self.destinations: Dict[str, Destination] = {
-            name: build_destination(settings) for name, settings in self.config.destinations.items()
-        }
+        # Every check, the spool file's included, is made here: nothing fails later.
+        self.config = load_config(config)
+        self.destinations: Dict[str, Destination] = {name: settings.build() for name, settings in self.config.destinations.items()}
         self.spool = Spool(self.config.spool.path)
-        # Opens an existing spool file once and closes it: a corrupt spool fails here.
-        self.spool.check()
         self.dispatcher = Dispatcher(self.destinations, self.spool, self.config.dispatch)
         self.sources_by_write_key = {source.write_key: source for source in self.config.sources}
         self.schemas = EventSchemas()

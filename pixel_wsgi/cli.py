@@ -12,28 +12,33 @@ import shlex
 import signal
 import sqlite3
 import sys
+import time
 from typing import Any, Sequence
 
 from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.urls import uri_to_iri
 
-from . import __version__
 from .app import PixelApp
 from .config import CONFIG_ENV_VAR, load_config
-from .destinations import build_destination, validate_destination
-from .destinations.sqlite import read_events
+from .destinations.sqlite import iter_events
 from .dispatch import Dispatcher
 from .errors import ConfigError
 from .responses import one_line
 from .spool import Spool
+from .version import __version__
 
 WRITE_KEY_BYTES = 18  # 24 URL-safe characters: as hard to guess as a UUID4, shorter to type
 DEFAULT_DB = "pixel-events.sqlite3"
 DEFAULT_SOURCE = "default"
 EVENT_COLUMNS = ("TIME", "TYPE", "EVENT/NAME", "USER", "SOURCE")
-# SPEC §9: a write key is never logged in full, not even in the access log.
+# Fixed, so that rows can be printed as they are read (and as they arrive with
+# --follow) instead of after reading the whole store to measure them; 80 columns.
+EVENT_COLUMN_WIDTHS = (24, 5, 20, 16, 20)
+# How often --follow looks for new rows.
+FOLLOW_INTERVAL = 0.5
+# A write key is never logged in full, not even in the access log: whoever reads the
+# log could otherwise send events as that source.
 _WRITE_KEY_IN_QUERY = re.compile(r"((?:^|[?&])writeKey=[^&\s]{0,4})[^&\s]*")
-# Wider cells would wrap the table in an 80-column terminal.
-MAX_CELL = 40
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the development server")
     _add_config_option(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    serve.add_argument("--port", type=int, default=8080, help="port to listen on, 0 for any free one (default: %(default)s)")
+    serve.add_argument("--port", type=_port, default=8080, help="port to listen on, 0 for any free one (default: %(default)s)")
     serve.add_argument("--write-key", help="write key of the embedded default source (default: a new random one)")
     serve.add_argument("--db", default=DEFAULT_DB, metavar="FILE", help="event store of the embedded default (default: %(default)s)")
     serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="(default: %(default)s)")
@@ -54,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--db", default=DEFAULT_DB, help="the SQLite store (default: %(default)s)")
     events.add_argument("--last", type=_count, default=20, metavar="N", help="show the last N events, 0 for all (default: %(default)s)")
     events.add_argument("--json", action="store_true", help="one JSON event per line")
+    events.add_argument("--follow", "-f", action="store_true", help="keep watching and show events as they arrive (Ctrl-C stops)")
     events.set_defaults(handler=command_events)
 
     check = commands.add_parser("check-config", help="validate a configuration file")
@@ -81,6 +87,16 @@ def _add_config_option(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get(CONFIG_ENV_VAR) or None,
         help=f"the TOML configuration (default: ${CONFIG_ENV_VAR})",
     )
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 65535, not {value}")
+    return value
 
 
 def _count(text: str) -> int:
@@ -119,6 +135,7 @@ def command_serve(args: argparse.Namespace) -> int:
         app.close()
         return _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", 1)
     configure_logging(args.log_level)
+    MaskingRequestHandler.colour = sys.stderr.isatty()
     # SIGTERM (docker stop, kill) ends the server like Ctrl-C: destinations are closed.
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
@@ -147,14 +164,25 @@ def configure_logging(level: str = "INFO") -> None:
 
 
 class MaskingRequestHandler(WSGIRequestHandler):
-    """werkzeug's request log line, with each write key cut to its first four characters."""
+    """werkzeug's request log line, with each write key cut to its first four characters,
+    and without werkzeug's colour codes when stderr is not a terminal (a file or a pipe
+    would keep the escape sequences as text)."""
+
+    colour = False
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         # Called once the response is written: the request no longer needs its path.
         self.requestline = _WRITE_KEY_IN_QUERY.sub(r"\1…", self.requestline)
         if hasattr(self, "path"):
             self.path = _WRITE_KEY_IN_QUERY.sub(r"\1…", self.path)
-        super().log_request(code, size)
+        if self.colour:
+            super().log_request(code, size)
+            return
+        try:
+            line = f"{self.command} {uri_to_iri(self.path)} {self.request_version}"
+        except AttributeError:  # no path: the request line itself was bad
+            line = self.requestline
+        self.log("info", '"%s" %s %s', line.translate(self._control_char_table), code, size)
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
@@ -191,41 +219,56 @@ def _banner(app: PixelApp, args: argparse.Namespace, port: int, write_key: str |
 
 
 def command_events(args: argparse.Namespace) -> int:
-    """What the SQLite store holds: a table, or one JSON event per line."""
-    if not os.path.exists(args.db):
+    """What the SQLite store holds: a table, or one JSON event per line; with --follow,
+    then every event as it arrives (the store may not exist yet: it is waited for)."""
+    if not os.path.exists(args.db) and not args.follow:
         return _fail(f"{args.db}: no such event store (run `pixel-wsgi serve` first, or pass --db FILE)", 1)
+    show = _show_json if args.json else _show_row
+    if not args.json:
+        print(_table_line(EVENT_COLUMNS), flush=True)
+    last_id, last = 0, args.last or None
     try:
-        rows = read_events(args.db, args.last or None)
-    except sqlite3.Error as exc:
-        return _fail(f"{args.db}: not a pixel-wsgi event store ({exc})", 1)
-    if args.json:
-        for row in rows:
-            print(json.dumps(row["event"], ensure_ascii=False))
+        while True:
+            try:
+                for row in iter_events(args.db, last, after=last_id):
+                    show(row)
+                    last_id = row["id"]
+            except FileNotFoundError:
+                pass  # --follow before the server has made the store
+            except sqlite3.Error as exc:
+                # A store the server has created but not set up yet is only a moment away.
+                if not (args.follow and "no such table" in str(exc)):
+                    return _fail(f"{args.db}: not a pixel-wsgi event store ({exc})", 1)
+            if not args.follow:
+                if not last_id:
+                    print(f"{args.db}: no events yet")
+                return 0
+            last = None
+            time.sleep(FOLLOW_INTERVAL)
+    except KeyboardInterrupt:
         return 0
-    if not rows:
-        print(f"{args.db}: no events yet")
-        return 0
-    print(format_table([EVENT_COLUMNS, *(_event_row(row) for row in rows)]))
-    return 0
 
 
-def _event_row(row: dict[str, Any]) -> tuple[str, ...]:
+def _show_json(row: dict[str, Any]) -> None:
+    print(json.dumps(row["event"], ensure_ascii=False), flush=True)
+
+
+def _show_row(row: dict[str, Any]) -> None:
     event = row["event"]
     label = event.get("event") if row["type"] == "track" else event.get("name")
     user = event.get("userId") or event.get("anonymousId") or ""
-    return (row["received_at"], row["type"], str(label or "-"), str(user), row["source"])
+    print(_table_line((row["received_at"], row["type"], str(label or "-"), str(user), row["source"])), flush=True)
 
 
-def format_table(rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned columns; long cells end in an ellipsis, control characters become spaces."""
-    cells = [[_cell(value) for value in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
-    return "\n".join("  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip() for row in cells)
+def _table_line(values: Sequence[str]) -> str:
+    """Left-aligned fixed columns; long cells end in an ellipsis, control characters become spaces."""
+    cells = [_cell(value, width) for value, width in zip(values, EVENT_COLUMN_WIDTHS)]
+    return "  ".join(cell.ljust(width) for cell, width in zip(cells, EVENT_COLUMN_WIDTHS)).rstrip()
 
 
-def _cell(value: str) -> str:
+def _cell(value: str, width: int) -> str:
     value = one_line(value)
-    return value if len(value) <= MAX_CELL else value[: MAX_CELL - 1] + "…"
+    return value if len(value) <= width else value[: width - 1] + "…"
 
 
 def command_check_config(args: argparse.Namespace) -> int:
@@ -234,10 +277,10 @@ def command_check_config(args: argparse.Namespace) -> int:
     if not path:
         return _fail(f"no configuration: pass FILE or set ${CONFIG_ENV_VAR}", 2)
     try:
-        config = load_config(path, validate_destination=validate_destination)
+        config = load_config(path)
     except ConfigError as exc:
         return _config_errors(path, exc)
-    destinations = ", ".join(f"{name} ({d.type})" for name, d in config.destinations.items())
+    destinations = ", ".join(f"{name} ({d.kind})" for name, d in config.destinations.items())
     sources = ", ".join(s.name + ("" if s.enabled else " (disabled)") for s in config.sources)
     print(
         f"{path}: OK: {len(config.sources)} source{'s' if len(config.sources) != 1 else ''} ({sources}), "
@@ -262,9 +305,8 @@ def _fail(message: str, code: int) -> int:
 
 def command_spool_list(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config, validate_destination=validate_destination)
+        config = load_config(args.config)
         spool = Spool(config.spool.path)
-        spool.check()
     except ConfigError as exc:
         return _config_failure(exc)
     try:
@@ -283,12 +325,11 @@ def command_spool_list(args: argparse.Namespace) -> int:
 
 def command_spool_replay(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config, validate_destination=validate_destination)
+        config = load_config(args.config)
         if args.destination is not None and args.destination not in config.destinations:
             raise ConfigError(f"--destination: no destination named {args.destination!r} in the configuration")
         spool = Spool(config.spool.path)
-        spool.check()
-        destinations = {name: build_destination(settings) for name, settings in config.destinations.items()}
+        destinations = {name: settings.build() for name, settings in config.destinations.items()}
     except ConfigError as exc:
         return _config_failure(exc)
     if not logging.getLogger().handlers:
@@ -330,6 +371,11 @@ def _config_failure(exc: Exception) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # A user's destination (`type = "myproject.destinations:LogDestination"`) is imported
+    # from the current directory, as gunicorn and `python -m` do; a console script's
+    # sys.path starts with its own bin folder instead.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     args = build_parser().parse_args(argv)
     return int(args.handler(args) or 0)
 

@@ -1,8 +1,16 @@
 """Configuration: a TOML file or a dict of the same shape becomes a validated ``Config``.
 
-Everything that can be wrong in a configuration is found here, at start-up, and
-reported with its key path (``destinations.hook.url: required``); nothing is left to
-fail at the first request. ``${NAME}`` in any string is read from the environment.
+The configuration is declared once, as marshmallow schemas: one per table, each default
+in its field declaration, unknown keys refused. ``load_config`` is the only way in, and
+``PixelApp``, ``create_app``, ``pixel-wsgi serve`` and ``pixel-wsgi check-config`` all
+call it, so they find the same mistakes. One run reports every mistake, each with its
+key path (``destinations.hook.url: required``): nothing is left to fail at the first
+request, and nothing is hidden behind the first error found. ``${NAME}`` in any string
+is read from the environment.
+
+Destinations check their own options with their own schema (``Destination.Options``),
+in the same run and the same report; each destination is then built once, from the
+typed options object that schema returns.
 """
 
 from __future__ import annotations
@@ -10,10 +18,25 @@ from __future__ import annotations
 import os
 import re
 import sys
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Mapping
 
+from marshmallow import ValidationError, fields, validates_schema
+
+from .destinations import Destination, resolve_destination_class
 from .errors import ConfigError
+from .options import (
+    Boolean,
+    Choice,
+    Integer,
+    NonEmptyString,
+    Number,
+    OptionsSchema,
+    String,
+    StringList,
+    flatten_messages,
+)
+from .spool import spool_file_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -22,73 +45,74 @@ else:  # pragma: no cover - exercised on Python < 3.11 only
 
 CONFIG_ENV_VAR = "PIXEL_WSGI_CONFIG"
 
-IP_MODES = ("full", "anonymize", "drop")
-UNKNOWN_PARAM_MODES = ("ignore", "reject", "keep")
-RESPONSE_BODIES = ("gif", "ok")
-
 _ENV_REFERENCE = re.compile(r"\$\$|\$\{([^}]*)\}")
+
+
+# -- the settings the code reads (built by the schemas below; defaults live there) ----
 
 
 @dataclass(frozen=True)
 class Limits:
     """Bounds on one query string; each breach is a 400 (414 for the length)."""
 
-    # RudderStack's own docs allow pixel URLs up to 32 KB.
-    max_query_length: int = 32 * 1024
-    max_params: int = 1000
-    max_depth: int = 32
-    max_key_length: int = 256
-    max_array_index: int = 100
+    max_query_length: int
+    max_params: int
+    max_depth: int
+    max_key_length: int
+    max_array_index: int
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    path: str
+
+
+@dataclass(frozen=True)
+class DispatchConfig:
+    budget: float
+    breaker_failures: int
+    breaker_cooldown: float
 
 
 @dataclass(frozen=True)
 class SourceConfig:
     name: str
     write_key: str
-    enabled: bool = True
+    enabled: bool
     # None means every configured destination.
-    destinations: tuple[str, ...] | None = None
-    ip: str = "full"
-    errors_as_pixel: bool = False
-    unknown_params: str = "ignore"
-    infer_types: bool = False
+    destinations: tuple[str, ...] | None
+    ip: str
+    errors_as_pixel: bool
+    unknown_params: str
+    infer_types: bool
 
 
 @dataclass(frozen=True)
 class DestinationConfig:
+    """One ``[destinations.NAME]`` table: its class and the options its schema returned."""
+
     name: str
-    type: str
-    options: Mapping[str, Any]
+    #: the ``type`` key: a built-in kind or ``package.module:Class``
+    kind: str
+    cls: type[Destination]
+    options: Any
 
-
-@dataclass(frozen=True)
-class SpoolConfig:
-    path: str = "pixel-spool.sqlite3"
-
-
-@dataclass(frozen=True)
-class DispatchConfig:
-    # Seconds one pixel request may spend on deliveries and their retries before
-    # whatever is left goes to the spool; email clients give up on images after a few.
-    budget: float = 3.0
-    # Consecutive failures that open a destination's circuit, and how long it stays
-    # open before one request probes it again.
-    breaker_failures: int = 5
-    breaker_cooldown: float = 30.0
+    def build(self) -> Destination:
+        return self.cls(self.name, self.options)
 
 
 @dataclass(frozen=True)
 class Config:
     sources: tuple[SourceConfig, ...]
     destinations: Mapping[str, DestinationConfig]
-    prefix: str = "/pixel/v1"
-    trusted_proxies: int = 0
-    response_body: str = "gif"
-    # Lets a script's fetch() read the status; None leaves the header out.
-    cors_allow_origin: str | None = "*"
-    limits: Limits = field(default_factory=Limits)
-    spool: SpoolConfig = field(default_factory=SpoolConfig)
-    dispatch: DispatchConfig = field(default_factory=DispatchConfig)
+    prefix: str
+    trusted_proxies: int
+    response_body: str
+    # None leaves the Access-Control-Allow-Origin header out.
+    cors_allow_origin: str | None
+    limits: Limits
+    spool: SpoolConfig
+    dispatch: DispatchConfig
 
     def destinations_for(self, source: SourceConfig) -> tuple[str, ...]:
         if source.destinations is None:
@@ -96,96 +120,178 @@ class Config:
         return source.destinations
 
 
-class OptionReader:
-    """Reads typed values out of one table, collecting errors with their key paths.
+# -- the schemas ------------------------------------------------------------------------
 
-    Used for the top level, each source and each destination, so that a single run
-    reports every mistake in the file rather than the first one.
+
+class LimitsSchema(OptionsSchema):
+    model = Limits
+    # RudderStack's own docs allow pixel URLs up to 32 KB.
+    max_query_length = Integer(load_default=32 * 1024, minimum=1)
+    max_params = Integer(load_default=1000, minimum=1)
+    max_depth = Integer(load_default=32, minimum=2)
+    max_key_length = Integer(load_default=256, minimum=16)
+    max_array_index = Integer(load_default=100, minimum=0)
+
+
+class SpoolSchema(OptionsSchema):
+    model = SpoolConfig
+    path = NonEmptyString(load_default="pixel-spool.sqlite3")
+
+    @validates_schema(skip_on_field_errors=True)
+    def _usable(self, data: dict[str, Any], **kwargs: Any) -> None:
+        # A file that is there must be a spool this version can use: found now, not as
+        # a 503 when the first destination fails.
+        problem = spool_file_problem(data["path"])
+        if problem:
+            raise ValidationError(problem, "path")
+
+
+class DispatchSchema(OptionsSchema):
+    model = DispatchConfig
+    # Seconds one pixel request may spend on deliveries and their retries before
+    # whatever is left goes to the spool; email clients give up on images after a few.
+    budget = Number(load_default=3.0, minimum=0)
+    # Consecutive failures that open a destination's circuit, and how long it stays
+    # open before one request probes it again.
+    breaker_failures = Integer(load_default=5, minimum=1)
+    breaker_cooldown = Number(load_default=30.0, minimum=0)
+
+
+class SourceSchema(OptionsSchema):
+    model = SourceConfig
+    name = NonEmptyString(required=True)
+    write_key = NonEmptyString(required=True)
+    enabled = Boolean(load_default=True)
+    destinations = StringList(load_default=None, non_empty=True)
+    ip = Choice(("full", "anonymize", "drop"), load_default="full")
+    errors_as_pixel = Boolean(load_default=False)
+    unknown_params = Choice(("ignore", "reject", "keep"), load_default="ignore")
+    infer_types = Boolean(load_default=False)
+
+
+class CORSOrigin(String):
+    """A string, or ``false`` to leave the header out."""
+
+    expected = "a string or false"
+    accepted = (str, bool)
+
+    def convert(self, value: Any) -> Any:
+        if value is True:
+            raise ValidationError("must be a string or false")
+        return value or None
+
+
+class Prefix(String):
+    def convert(self, value: Any) -> Any:
+        if value and (not value.startswith("/") or value.endswith("/")):
+            raise ValidationError("must start with '/' and not end with '/' (or be empty)")
+        return value
+
+
+class Tables(fields.List):  # type: ignore[type-arg]
+    """``[[name]]`` tables, each loaded by ``schema``, as a tuple (settings are immutable)."""
+
+    def __init__(self, schema: type[OptionsSchema], **kwargs: Any) -> None:
+        super().__init__(fields.Nested(schema), **kwargs)
+        self.error_messages["invalid"] = "must be a list of tables"
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> tuple[Any, ...]:  # type: ignore[override]
+        return tuple(super()._deserialize(value, attr, data, **kwargs))
+
+
+class Destinations(fields.Field):  # type: ignore[type-arg]
+    """``[destinations.NAME]`` tables: ``type`` picks the class, whose ``Options`` schema
+    reads the rest; every table's mistakes are reported together."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict[str, DestinationConfig]:
+        if not isinstance(value, dict):
+            raise ValidationError("must be a table")
+        built: dict[str, DestinationConfig] = {}
+        errors: dict[str, Any] = {}
+        for name, table in value.items():
+            try:
+                built[name] = load_destination(name, table)
+            except ValidationError as exc:
+                errors[name] = exc.messages
+        if errors:
+            raise ValidationError(errors)
+        return built
+
+
+class ConfigSchema(OptionsSchema):
+    model = Config
+    prefix = Prefix(load_default="/pixel/v1")
+    # X-Forwarded-For hops to trust; 0 uses the socket's address.
+    trusted_proxies = Integer(load_default=0, minimum=0)
+    response_body = Choice(("gif", "ok"), load_default="gif")
+    # Lets a script's fetch() read the status.
+    cors_allow_origin = CORSOrigin(load_default="*")
+    limits = fields.Nested(LimitsSchema, load_default=lambda: LimitsSchema().load({}))
+    spool = fields.Nested(SpoolSchema, load_default=lambda: SpoolSchema().load({}))
+    dispatch = fields.Nested(DispatchSchema, load_default=lambda: DispatchSchema().load({}))
+    sources = Tables(SourceSchema, required=True, error_messages={"required": "at least one [[sources]] table is required"})
+    destinations = Destinations(
+        required=True, error_messages={"required": "at least one destination is required (events must go somewhere)"}
+    )
+
+    @validates_schema(skip_on_field_errors=False, pass_original=True)
+    def _cross_checks(self, data: dict[str, Any], original: Any, **kwargs: Any) -> None:
+        """Rules between tables. Runs even when a table has mistakes, so they are all reported."""
+        errors: dict[str, Any] = {}
+        sources = data.get("sources")
+        destinations = data.get("destinations")
+        if destinations is None and isinstance(original.get("destinations"), dict):
+            # A destination with mistakes of its own is still there to be named.
+            destinations = original["destinations"]
+        if sources is not None and not sources:
+            errors["sources"] = ["at least one [[sources]] table is required"]
+        if destinations == {}:
+            errors["destinations"] = ["at least one destination is required (events must go somewhere)"]
+        names: dict[str, int] = {}
+        keys: dict[str, int] = {}
+        for index, source in enumerate(sources or ()):
+            # A source with mistakes of its own arrives as the dict of its valid keys.
+            if not isinstance(source, dict):
+                source = vars(source)
+            name, write_key = source.get("name"), source.get("write_key")
+            problems: dict[str, list[str]] = {}
+            if name is not None and name in names:
+                problems["name"] = [f"{name!r} is also the name of sources[{names[name]}]"]
+            names.setdefault(name, index)
+            if write_key is not None and write_key in keys:
+                # Never echo a write key, not even in a configuration error.
+                problems["write_key"] = [f"same write key as sources[{keys[write_key]}]"]
+            keys.setdefault(write_key, index)
+            if destinations is not None:
+                chosen = source.get("destinations") or ()
+                missing = {i: [f"no destination named {n!r}"] for i, n in enumerate(chosen) if n not in destinations}
+                if missing:
+                    problems["destinations"] = missing  # type: ignore[assignment]
+            if problems:
+                errors.setdefault("sources", {})[index] = problems
+        if errors:
+            raise ValidationError(errors)
+
+
+def load_destination(name: str, table: Any) -> DestinationConfig:
+    """One destination table: ``type`` picks the class, its ``Options`` schema the rest.
+
+    Raises ``ValidationError`` with messages relative to the table.
     """
+    if not isinstance(table, dict):
+        raise ValidationError("must be a table")
+    kind = table.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise ValidationError({"type": ["required (webhook, rudderstack, segment, jsonl, sqlite, memory or package.module:Class)"]})
+    try:
+        cls = resolve_destination_class(kind)
+    except ValueError as exc:
+        raise ValidationError({"type": [str(exc)]}) from None
+    options = cls.Options().load({key: value for key, value in table.items() if key != "type"})
+    return DestinationConfig(name, kind, cls, options)
 
-    def __init__(self, table: Mapping[str, Any], path: str, errors: list[str]) -> None:
-        self.table = table
-        self.path = path
-        self.errors = errors
-        self.seen: set[str] = set()
 
-    def key_path(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def error(self, key: str, message: str) -> None:
-        self.errors.append(f"{self.key_path(key)}: {message}")
-
-    def _get(self, key: str, kinds: tuple[type, ...], kind_name: str, default: Any, required: bool) -> Any:
-        self.seen.add(key)
-        if key not in self.table:
-            if required:
-                self.error(key, "required")
-            return default
-        value = self.table[key]
-        # bool is an int subclass; a flag is never a number here.
-        if isinstance(value, bool) and bool not in kinds:
-            self.error(key, f"must be {kind_name}, not {value!r}")
-            return default
-        if not isinstance(value, kinds):
-            self.error(key, f"must be {kind_name}, not {type(value).__name__}")
-            return default
-        return value
-
-    def string(self, key: str, default: str | None = None, *, required: bool = False, choices: tuple[str, ...] = ()) -> Any:
-        value = self._get(key, (str,), "a string", default, required)
-        if choices and value is not None and value not in choices:
-            self.error(key, f"must be one of {', '.join(choices)}, not {value!r}")
-            return default
-        return value
-
-    def nonempty_string(self, key: str, default: str | None = None, *, required: bool = False) -> Any:
-        value = self.string(key, default, required=required)
-        if key in self.table and value == "":
-            self.error(key, "must not be empty")
-        return value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        return bool(self._get(key, (bool,), "true or false", default, False))
-
-    def integer(self, key: str, default: int, *, minimum: int = 0) -> int:
-        value = self._get(key, (int,), "an integer", default, False)
-        if value < minimum:
-            self.error(key, f"must be at least {minimum}")
-            return default
-        return int(value)
-
-    def number(self, key: str, default: float, *, minimum: float = 0.0) -> float:
-        value = self._get(key, (int, float), "a number", default, False)
-        if value < minimum:
-            self.error(key, f"must be at least {minimum}")
-            return default
-        return float(value)
-
-    def string_list(self, key: str) -> tuple[str, ...] | None:
-        value = self._get(key, (list,), "a list of strings", None, False)
-        if value is None:
-            return None
-        if not all(isinstance(item, str) for item in value):
-            self.error(key, "must be a list of strings")
-            return None
-        return tuple(value)
-
-    def string_table(self, key: str) -> dict[str, str]:
-        value = self._get(key, (dict,), "a table of strings", {}, False)
-        bad = [name for name, item in value.items() if not isinstance(item, str)]
-        if bad:
-            self.error(key, f"values must be strings ({', '.join(bad)})")
-            return {}
-        return dict(value)
-
-    def table_of(self, key: str) -> Mapping[str, Any]:
-        table: Mapping[str, Any] = self._get(key, (dict,), "a table", {}, False)
-        return table
-
-    def reject_unknown(self) -> None:
-        for key in self.table:
-            if key not in self.seen:
-                self.error(key, "unknown option")
+# -- reading ----------------------------------------------------------------------------
 
 
 def expand_environment(value: Any, path: str, errors: list[str], environ: Mapping[str, str]) -> Any:
@@ -214,7 +320,8 @@ def expand_environment(value: Any, path: str, errors: list[str], environ: Mappin
 def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         with open(path, "rb") as handle:
-            return tomllib.load(handle)
+            table: dict[str, Any] = tomllib.load(handle)
+            return table
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
@@ -225,12 +332,10 @@ def load_config(
     config: Config | Mapping[str, Any] | str | os.PathLike[str] | None = None,
     *,
     environ: Mapping[str, str] | None = None,
-    validate_destination: Callable[[DestinationConfig, list[str]], None] | None = None,
 ) -> Config:
     """Turn a path, a dict or ``None`` (read ``$PIXEL_WSGI_CONFIG``) into a ``Config``.
 
-    ``validate_destination`` checks each destination's own options; the app passes
-    the destination registry's checker so that a missing ``url`` is a start-up error.
+    Raises ``ConfigError`` with every mistake, each prefixed with its key path.
     """
     if isinstance(config, Config):
         return config
@@ -242,138 +347,30 @@ def load_config(
     raw = read_toml(config) if isinstance(config, (str, os.PathLike)) else config
     if not isinstance(raw, Mapping):
         raise ConfigError(f"configuration must be a table, not {type(raw).__name__}")
-    errors: list[str] = []
-    expanded = expand_environment(dict(raw), "", errors, environ)
-    result = _build_config(expanded, errors)
-    if validate_destination is not None and not errors:
-        for destination in result.destinations.values():
-            validate_destination(destination, errors)
-    if errors:
-        raise ConfigError(errors)
-    return result
+    environment_errors: list[str] = []
+    expanded = expand_environment(dict(raw), "", environment_errors, environ)
+    try:
+        loaded: Config = ConfigSchema().load(expanded)
+    except ValidationError as exc:
+        errors = flatten_messages(exc.messages)
+        # A value that still holds ${NAME} was already reported as a missing variable.
+        reported = {line.split(":", 1)[0] for line in environment_errors}
+        raise ConfigError(environment_errors + [line for line in errors if line.split(":", 1)[0] not in reported]) from None
+    if environment_errors:
+        raise ConfigError(environment_errors)
+    return loaded
 
 
-def _build_config(raw: Mapping[str, Any], errors: list[str]) -> Config:
-    top = OptionReader(raw, "", errors)
-    prefix = top.string("prefix", "/pixel/v1")
-    if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
-        top.error("prefix", "must start with '/' and not end with '/' (or be empty)")
-    trusted_proxies = top.integer("trusted_proxies", 0)
-    response_body = top.string("response_body", "gif", choices=RESPONSE_BODIES)
-    cors = top._get("cors_allow_origin", (str, bool), "a string or false", "*", False)
-    if cors is True:
-        top.error("cors_allow_origin", "must be a string or false")
-    cors_allow_origin = cors if isinstance(cors, str) and cors else None
-
-    limits = _build_limits(OptionReader(top.table_of("limits"), "limits", errors))
-    spool_reader = OptionReader(top.table_of("spool"), "spool", errors)
-    spool = SpoolConfig(path=spool_reader.nonempty_string("path", "pixel-spool.sqlite3"))
-    spool_reader.reject_unknown()
-    dispatch = _build_dispatch(OptionReader(top.table_of("dispatch"), "dispatch", errors))
-    raw_destinations = top.table_of("destinations")
-    destinations = dict(_build_destinations(raw_destinations, errors))
-
-    top.seen.add("sources")
-    raw_sources = raw.get("sources")
-    if not isinstance(raw_sources, list) or not raw_sources:
-        errors.append("sources: at least one [[sources]] table is required")
-        raw_sources = []
-    built = [_build_source(item, f"sources[{i}]", destinations, errors) for i, item in enumerate(raw_sources)]
-    sources = [source for source in built if source is not None]
-    _check_unique(sources, errors)
-    if not raw_destinations:
-        errors.append("destinations: at least one destination is required (events must go somewhere)")
-    top.reject_unknown()
-    return Config(
-        sources=tuple(sources),
-        destinations=destinations,
-        prefix=prefix,
-        trusted_proxies=trusted_proxies,
-        response_body=response_body,
-        cors_allow_origin=cors_allow_origin,
-        limits=limits,
-        spool=spool,
-        dispatch=dispatch,
-    )
+def default_settings(schema: type[OptionsSchema]) -> Any:
+    """A table's settings when the configuration leaves it out (its declared defaults)."""
+    return schema().load({})
 
 
-def _build_limits(reader: OptionReader) -> Limits:
-    defaults = Limits()
-    limits = Limits(
-        max_query_length=reader.integer("max_query_length", defaults.max_query_length, minimum=1),
-        max_params=reader.integer("max_params", defaults.max_params, minimum=1),
-        max_depth=reader.integer("max_depth", defaults.max_depth, minimum=2),
-        max_key_length=reader.integer("max_key_length", defaults.max_key_length, minimum=16),
-        max_array_index=reader.integer("max_array_index", defaults.max_array_index, minimum=0),
-    )
-    reader.reject_unknown()
-    return limits
-
-
-def _build_dispatch(reader: OptionReader) -> DispatchConfig:
-    defaults = DispatchConfig()
-    dispatch = DispatchConfig(
-        budget=reader.number("budget", defaults.budget),
-        breaker_failures=reader.integer("breaker_failures", defaults.breaker_failures, minimum=1),
-        breaker_cooldown=reader.number("breaker_cooldown", defaults.breaker_cooldown),
-    )
-    reader.reject_unknown()
-    return dispatch
-
-
-def _build_destinations(table: Mapping[str, Any], errors: list[str]) -> Iterator[tuple[str, DestinationConfig]]:
-    for name, options in table.items():
-        path = f"destinations.{name}"
-        if not isinstance(options, dict):
-            errors.append(f"{path}: must be a table")
-            continue
-        kind = options.get("type")
-        if not isinstance(kind, str) or not kind:
-            errors.append(f"{path}.type: required (webhook, rudderstack, segment, jsonl, sqlite, memory or package.module:Class)")
-            continue
-        yield name, DestinationConfig(name=name, type=kind, options={k: v for k, v in options.items() if k != "type"})
-
-
-def _build_source(raw: Any, path: str, destinations: Mapping[str, DestinationConfig], errors: list[str]) -> SourceConfig | None:
-    if not isinstance(raw, dict):
-        errors.append(f"{path}: must be a table")
-        return None
-    reader = OptionReader(raw, path, errors)
-    name = reader.nonempty_string("name", required=True)
-    write_key = reader.nonempty_string("write_key", required=True)
-    chosen = reader.string_list("destinations")
-    for index, destination in enumerate(chosen or ()):
-        if destination not in destinations:
-            errors.append(f"{path}.destinations[{index}]: no destination named {destination!r}")
-    if chosen is not None and not chosen:
-        reader.error("destinations", "must name at least one destination")
-    source = SourceConfig(
-        name=name or "",
-        write_key=write_key or "",
-        enabled=reader.boolean("enabled", True),
-        destinations=chosen,
-        ip=reader.string("ip", "full", choices=IP_MODES),
-        errors_as_pixel=reader.boolean("errors_as_pixel", False),
-        unknown_params=reader.string("unknown_params", "ignore", choices=UNKNOWN_PARAM_MODES),
-        infer_types=reader.boolean("infer_types", False),
-    )
-    reader.reject_unknown()
-    return source
-
-
-def _check_unique(sources: list[SourceConfig], errors: list[str]) -> None:
-    names: dict[str, int] = {}
-    keys: dict[str, int] = {}
-    for index, source in enumerate(sources):
-        if source.name and source.name in names:
-            errors.append(f"sources[{index}].name: {source.name!r} is also the name of sources[{names[source.name]}]")
-        names.setdefault(source.name, index)
-        if source.write_key and source.write_key in keys:
-            # Never echo a write key in full, not even in a config error.
-            errors.append(f"sources[{index}].write_key: same write key as sources[{keys[source.write_key]}]")
-        keys.setdefault(source.write_key, index)
-
-
-def mask_write_key(write_key: str) -> str:
-    """What of a write key may appear in a log line: its first four characters at most."""
-    return (write_key[:4] + "…") if write_key else "(none)"
+def build_destination(name: str, table: Mapping[str, Any]) -> Destination:
+    """One destination from a table of the configuration's shape (``{"type": ..., ...}``),
+    checked and built as ``load_config`` would; for scripts and tests."""
+    try:
+        settings = load_destination(name, dict(table))
+    except ValidationError as exc:
+        raise ConfigError(flatten_messages(exc.messages, f"destinations.{name}")) from None
+    return settings.build()

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
-from .config import DispatchConfig
+from .config import DispatchConfig, DispatchSchema, default_settings
 from .destinations import DeliveryError, Destination, Payload
 from .spool import Spool
 
@@ -136,7 +136,7 @@ class Dispatcher:
     ) -> None:
         self.destinations = dict(destinations)
         self.spool = spool
-        self.settings = settings or DispatchConfig()
+        self.settings: DispatchConfig = settings or default_settings(DispatchSchema)
         self.sleep = sleep
         self.breakers = {
             name: CircuitBreaker(name, self.settings.breaker_failures, self.settings.breaker_cooldown) for name in self.destinations

@@ -1,4 +1,4 @@
-"""The fields the server adds to a validated event (SPEC §2, "Fields the server adds")."""
+"""The fields the server adds to a validated event: type, ids, times, channel, IP, user agent, library."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import time
 from functools import lru_cache
 from typing import Any, Mapping
 
-from . import __version__
 from .config import SourceConfig
+from .version import __version__
 
 LIBRARY = {"name": "pixel-wsgi", "version": __version__}
-# SPEC §2: on page calls these are copied between context.page and properties.
+# On page calls these are copied between context.page and properties when only one
+# side has them: RudderStack's SDKs send both, and destinations read either.
 PAGE_MIRRORED_FIELDS = ("path", "url", "referrer", "title", "search")
-# AMP cannot select destinations and neither can any pixel (seed, "Limitations").
+# A pixel cannot select destinations (neither can AMP's or RudderStack's own pixel
+# API): every event goes to all of them, and integrations.* parameters are ignored.
 INTEGRATIONS_ALL = {"All": True}
 
 

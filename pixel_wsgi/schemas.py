@@ -18,8 +18,9 @@ from typing import Any, Mapping
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validates_schema
 
-# SPEC §2: these names are numbers or integers wherever they appear directly under
-# `properties` or `context.screen`; everything else is a string.
+# These names are numbers or integers wherever they appear directly under `properties`
+# or `context.screen` (the ecommerce and screen fields every analytics destination
+# reads as numbers); everything else is a string.
 NUMBER_PROPERTIES = frozenset({"revenue", "value", "price", "total", "subtotal", "tax", "shipping", "discount"})
 INTEGER_PROPERTIES = frozenset({"quantity"})
 INTEGER_SCREEN_FIELDS = frozenset({"width", "height", "innerWidth", "innerHeight"})
@@ -255,7 +256,7 @@ class EventSchema(Schema):
 
 
 class PageSchema(EventSchema):
-    # SPEC §2: `name=` present but empty names the page "Unknown Page".
+    # `name=` present but empty names the page "Unknown Page", as RudderStack's pixel does.
     name = SingleString(empty="Unknown Page")
     category = SingleString()
 

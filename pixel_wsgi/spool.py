@@ -76,6 +76,39 @@ class SpooledEvent:
         return cls(row_id, destination, message_id, source, event, attempts, last_error, response, next_attempt_at, bool(dead), created_at)
 
 
+def spool_file_problem(path: str) -> str | None:
+    """Why ``path`` cannot be used as the spool, or ``None``.
+
+    Finds a folder that does not exist or cannot be written, a file that is not a
+    SQLite database, a ``spool`` table of another shape, and a file that cannot be
+    written. An existing file is opened and closed once; a missing one is not created
+    here (it is created on the first event that needs it), so an app that never
+    spools leaves no file behind.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        return f"the folder {directory} does not exist"
+    # The WAL and shared-memory files are created beside the database.
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"the folder {directory} is not writable"
+    if not os.path.exists(path):
+        return None
+    try:
+        connection = sqlite3.connect(Path(os.path.abspath(path)).as_uri() + "?mode=rw", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            columns = [row[1] for row in connection.execute("PRAGMA table_info(spool)")]
+            if columns and tuple(columns) != COLUMNS:
+                return f"{path} has a 'spool' table of another shape ({', '.join(columns)})"
+            # Taking the write lock proves the file is writable without changing it.
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("ROLLBACK")
+        finally:
+            connection.close()
+    except sqlite3.Error as exc:
+        return f"{path} cannot be used as a spool ({exc})"
+    return None
+
+
 class Spool:
     """Undelivered events per destination, with attempts, last error and next attempt time."""
 
@@ -84,34 +117,10 @@ class Spool:
         self._connections = PerThread(lambda: open_wal_database(self.path, SCHEMA), sqlite3.Connection.close)
 
     def check(self) -> None:
-        """Make sure the spool can be used, opening and closing the file if it exists.
-
-        Raises ``ConfigError`` naming ``spool.path`` for a file that is not a SQLite
-        database, a ``spool`` table of another shape, or a file or directory that
-        cannot be written. A missing file is not created here (it is created on the
-        first event that needs it), so an app that never spools leaves no file behind.
-        """
-        directory = os.path.dirname(os.path.abspath(self.path))
-        if not os.path.isdir(directory):
-            raise ConfigError(f"spool.path: directory {directory} does not exist")
-        # The WAL and shared-memory files are created beside the database.
-        if not os.access(directory, os.W_OK | os.X_OK):
-            raise ConfigError(f"spool.path: directory {directory} is not writable")
-        if not os.path.exists(self.path):
-            return
-        try:
-            connection = sqlite3.connect(Path(os.path.abspath(self.path)).as_uri() + "?mode=rw", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
-            try:
-                columns = [row[1] for row in connection.execute("PRAGMA table_info(spool)")]
-                if columns and tuple(columns) != COLUMNS:
-                    raise ConfigError(f"spool.path: {self.path} has a 'spool' table of another shape ({', '.join(columns)})")
-                # Taking the write lock proves the file is writable without changing it.
-                connection.execute("BEGIN IMMEDIATE")
-                connection.execute("ROLLBACK")
-            finally:
-                connection.close()
-        except sqlite3.Error as exc:
-            raise ConfigError(f"spool.path: {self.path} cannot be used as a spool ({exc})") from None
+        """Raise ``ConfigError`` naming ``spool.path`` if the spool cannot be used."""
+        problem = spool_file_problem(self.path)
+        if problem:
+            raise ConfigError(f"spool.path: {problem}")
 
     def _connection(self) -> sqlite3.Connection:
         return self._connections.get()

@@ -1,6 +1,6 @@
 """``jsonl`` and ``sqlite`` destinations with several processes (and threads) writing at once.
 
-Pins the promise of SPEC §6: no event lost, no line torn or interleaved, even for lines
+Pins the promise of the jsonl and sqlite destinations: no event lost, no line torn or interleaved, even for lines
 far longer than a pipe buffer (4 KiB) and with every writer racing the others.
 """
 
@@ -21,11 +21,11 @@ EVENTS = 150  # per thread
 
 WRITER = """
 import sys, threading
-from pixel_wsgi.config import DestinationConfig
-from pixel_wsgi.destinations import Payload, build_destination
+from pixel_wsgi.config import build_destination
+from pixel_wsgi.destinations import Payload
 
 kind, path, worker, threads, events = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-destination = build_destination(DestinationConfig("out", kind, {"path": path}))
+destination = build_destination("out", {"type": kind, "path": path})
 start = threading.Barrier(threads)
 
 def write(thread):

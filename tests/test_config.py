@@ -1,4 +1,4 @@
-"""SPEC §5: TOML or dict, ${NAME} from the environment, every mistake with its key path."""
+"""The configuration: TOML or dict, ${NAME} from the environment, every mistake with its key path."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def test_dollar_dollar_is_a_literal_dollar():
         pytest.param({"response_body": "png"}, ["response_body: must be one of gif, ok, not 'png'"], id="bad-response-body"),
         pytest.param({"limits": {"max_params": "many"}}, ["limits.max_params: must be an integer, not str"], id="bad-limit"),
         pytest.param({"limits": {"max_widgets": 1}}, ["limits.max_widgets: unknown option"], id="unknown-limit"),
-        pytest.param({"dispatch": {"budget": -1}}, ["dispatch.budget: must be at least 0.0"], id="negative-budget"),
+        pytest.param({"dispatch": {"budget": -1}}, ["dispatch.budget: must be at least 0"], id="negative-budget"),
         pytest.param({"colour": "blue"}, ["colour: unknown option"], id="unknown-top-level"),
         pytest.param(
             {"destinations": {"hook": {"url": "x"}}},

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from pixel_wsgi import __version__
-from pixel_wsgi.config import DestinationConfig, OptionReader
-from pixel_wsgi.destinations import DeliveryError, Destination, Payload, build_destination
+from pixel_wsgi.config import build_destination
+from pixel_wsgi.destinations import DeliveryError, Destination, Payload
 from pixel_wsgi.errors import ConfigError
+from pixel_wsgi.options import NonEmptyString, OptionsSchema
 from tests.support.sink import Reply, Sink, sink_fixture
 
 
@@ -23,7 +24,7 @@ def sink():
 
 
 def build(kind: str, **options: Any) -> Destination:
-    return build_destination(DestinationConfig("dest", kind, options))
+    return build_destination("dest", {"type": kind, **options})
 
 
 def payload(message_id: str = "m-1", kind: str = "track") -> Payload:
@@ -179,8 +180,12 @@ class NotADestination:
 class ListDestination(Destination):
     """A user's own destination, as the README shows it."""
 
-    def configure(self, options: OptionReader) -> None:
-        self.label = options.nonempty_string("label", required=True)
+    class Options(OptionsSchema):
+        label = NonEmptyString(required=True)
+
+    def __init__(self, name: str, options: dict[str, Any]) -> None:
+        super().__init__(name, options)
+        self.label = options["label"]
         self.received: list[tuple[str, dict[str, Any]]] = []
 
     def deliver(self, payload: Payload) -> None:
@@ -214,9 +219,18 @@ def test_jsonl_appends_one_line_per_event(tmp_path, closing):
     assert [json.loads(line)["messageId"] for line in lines[:-1]] == ["m-0", "m-1", "m-2"]
 
 
-def test_jsonl_unwritable_path_is_a_delivery_error(tmp_path, closing):
-    destination = build("jsonl", path=str(tmp_path / "missing" / "events.jsonl"))
+@pytest.mark.parametrize("kind", ["jsonl", "sqlite"])
+def test_a_path_in_a_missing_folder_is_a_config_error(tmp_path, kind):
+    with pytest.raises(ConfigError, match=f"destinations.dest.path: the folder {tmp_path}/missing does not exist"):
+        build(kind, path=str(tmp_path / "missing" / "events"))
+
+
+def test_jsonl_folder_gone_after_start_is_a_delivery_error(tmp_path, closing):
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    destination = build("jsonl", path=str(folder / "events.jsonl"))
     closing.append(destination)
+    folder.rmdir()
     with pytest.raises(DeliveryError, match="jsonl"):
         destination.deliver(payload())
 

@@ -203,7 +203,7 @@ def test_unusable_spool_is_a_start_up_error(tmp_path, content, message):
 def test_missing_spool_directory_is_a_start_up_error(tmp_path):
     config = delivery_config(tmp_path, {"m": {"type": "memory"}})
     config["spool"]["path"] = str(tmp_path / "nowhere" / "spool.sqlite3")
-    with pytest.raises(ConfigError, match="spool.path: directory .* does not exist"):
+    with pytest.raises(ConfigError, match="spool.path: the folder .* does not exist"):
         PixelApp(config)
 
 

@@ -238,7 +238,7 @@ PIXEL_TOML_TYPES = {"rudder": "rudderstack", "segment": "segment", "hook": "webh
 def test_annotated_pixel_toml_passes_check_config(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "pixel_wsgi", "check-config", str(EXAMPLES / "pixel.toml")],
-        capture_output=True, text=True, timeout=30, env={**os.environ, **PIXEL_TOML_ENVIRONMENT},
+            capture_output=True, text=True, timeout=30, env={**os.environ, **PIXEL_TOML_ENVIRONMENT, "PIXEL_WSGI_DATA": str(tmp_path)},
     )  # fmt: skip
     missing = sorted(name for name, kind in PIXEL_TOML_TYPES.items() if kind not in DESTINATION_TYPES)
     if not missing:

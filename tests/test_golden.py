@@ -99,7 +99,7 @@ def test_sample_call_gives_the_golden_payload(client, events, path, call, golden
     assert response.content_type == "image/gif"
     [event] = events
     assert without_server_fields(event) == golden
-    # ...and the fields the server adds, each as SPEC §2 describes.
+    # ...and the fields the server adds, each as the README's "Fields the server adds" describes.
     assert UUID4.match(event["messageId"])
     assert ISO_UTC.match(event["receivedAt"])
     assert event["originalTimestamp"] == event["sentAt"] == event["receivedAt"]

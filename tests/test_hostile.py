@@ -278,7 +278,7 @@ SECRET = "SeCrEt-0123456789abcdef"
 
 def assert_key_not_logged(caplog, key: str = SECRET) -> None:
     assert caplog.records, "nothing was logged: the test proves nothing"
-    # The first four characters at most (SPEC §9).
+    # The first four characters at most: enough to tell keys apart, too few to use one.
     assert key[3:] not in caplog.text
     for record in caplog.records:
         assert key[3:] not in repr(record.args)

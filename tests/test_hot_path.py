@@ -1,4 +1,4 @@
-"""The caches and shortcuts of the hot path (issue 6) change nothing that SPEC says.
+"""The caches and shortcuts of the hot path change nothing the mapping rules say.
 
 Each shortcut has a slow twin that it must agree with: ``str(uuid.uuid4())``, the full
 marshmallow schema, a cold ``lru_cache``, the werkzeug ``Map``.

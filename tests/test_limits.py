@@ -1,4 +1,4 @@
-"""SPEC §4: each limit, at and over its bound, and configurable."""
+"""The query limits: each limit, at and over its bound, and configurable."""
 
 from __future__ import annotations
 

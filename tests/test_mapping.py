@@ -1,4 +1,4 @@
-"""SPEC §2, one rule per case: query parameters → the event's fields."""
+"""The query→event mapping, one rule per case: query parameters → the event's fields."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The promise of issue 3 under gunicorn: an event that got a 200 is at its destination or
+"""The "nothing is lost" promise under gunicorn: an event that got a 200 is at its destination or
 in the spool, whatever the destination does; after a replay it is at the destination.
 
 gunicorn runs 2 workers x 4 threads (gthread) in a subprocess on a free loopback port;

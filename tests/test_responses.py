@@ -1,4 +1,4 @@
-"""SPEC §1 and §3: one case per row of the responses table, and the headers of every answer."""
+"""The endpoints and the responses table (README, "Responses"): one case per row, and the headers of every answer."""
 
 from __future__ import annotations
 
@@ -163,7 +163,7 @@ def test_undeliverable_event_is_503_even_with_errors_as_pixel(tmp_path, caplog):
     spool_dir.mkdir()
     config["spool"] = {"path": str(spool_dir / "spool.sqlite3")}
     app = PixelApp(config)
-    # A spool that is unusable at start-up is a ConfigError (issue 3); one that goes
+    # A spool that is unusable at start-up is a ConfigError; one that goes
     # away later costs the client a 503.
     spool_dir.rmdir()
     with caplog.at_level(logging.WARNING, logger="pixel_wsgi.app"):

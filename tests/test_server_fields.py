@@ -1,4 +1,4 @@
-"""SPEC §2 "Fields the server adds": ids, times, channel, context.ip, userAgent, library."""
+"""The fields the server adds: ids, times, channel, context.ip, userAgent, library."""
 
 from __future__ import annotations
 

@@ -124,5 +124,5 @@ def test_spool_whose_directory_is_a_file_is_a_start_up_error(tmp_path):
         "destinations": {"m": {"type": "memory"}},
         "spool": {"path": str(tmp_path / "file" / "spool.sqlite3")},
     }
-    with pytest.raises(ConfigError, match=r"spool.path: directory .*/file does not exist"):
+    with pytest.raises(ConfigError, match=r"spool.path: the folder .*/file does not exist"):
         PixelApp(config)

@@ -1,12 +1,10 @@
-"""Destination kinds by configuration ``type``, and the one function that builds them."""
+"""Destination kinds by configuration ``type``, and the one function that finds a class."""
 
 from __future__ import annotations
 
 import importlib
 from typing import Dict
 
-from ..config import DestinationConfig
-from ..errors import ConfigError
 from .base import DeliveryError, Destination, Payload
 
 # Imported on demand so that a deployment that only stores to SQLite never imports
@@ -20,10 +18,16 @@ DESTINATION_TYPES: Dict[str, str] = {
     "sqlite": "pixel_wsgi.destinations.sqlite:SQLiteDestination",
 }
 
-__all__ = ["DESTINATION_TYPES", "Destination", "DeliveryError", "Payload", "build_destination", "validate_destination"]
+__all__ = ["DESTINATION_TYPES", "DeliveryError", "Destination", "Payload", "resolve_destination_class"]
 
 
-def _resolve(kind: str) -> type:
+def resolve_destination_class(kind: str) -> type[Destination]:
+    """The class for a ``type`` value: a built-in name or ``package.module:Class``.
+
+    Raises ``ValueError`` saying what is wrong. A user's module is imported like
+    gunicorn imports the app: from the current directory too (the ``pixel-wsgi`` console
+    script puts it on ``sys.path``).
+    """
     target = DESTINATION_TYPES.get(kind, kind)
     if ":" not in target:
         known = ", ".join(sorted(DESTINATION_TYPES))
@@ -37,19 +41,3 @@ def _resolve(kind: str) -> type:
     if not isinstance(cls, type) or not issubclass(cls, Destination):
         raise ValueError(f"{target!r} is not a pixel_wsgi.destinations.Destination subclass")
     return cls
-
-
-def build_destination(config: DestinationConfig) -> Destination:
-    try:
-        cls = _resolve(config.type)
-    except ValueError as exc:
-        raise ConfigError(f"destinations.{config.name}.type: {exc}") from None
-    return cls(config.name, config.options)  # type: ignore[no-any-return]
-
-
-def validate_destination(config: DestinationConfig, errors: list[str]) -> None:
-    """Build and discard: constructors only read options, so this opens nothing."""
-    try:
-        build_destination(config)
-    except ConfigError as exc:
-        errors.extend(exc.errors)

@@ -1,27 +1,37 @@
 """The destination interface: one small class a user can implement too.
 
-A destination is built once at start-up from its options and must not open
-connections, files or threads in ``__init__`` (gunicorn's ``--preload`` forks after
-that); open them lazily on the first ``deliver``, per process and where needed per
-thread. ``deliver`` either returns (the destination has the event) or raises
-``DeliveryError``; any other exception is treated as a retryable failure.
+A destination declares its options as a schema (``Options``, a
+``pixel_wsgi.options.OptionsSchema``): the configuration is checked against it when it
+is read, every mistake reported with its key path, and the destination is built once,
+from the typed object that schema returns. It must not open connections, files or
+threads in ``__init__`` (gunicorn's ``--preload`` forks after that); open them lazily on
+the first ``deliver``, per process and where needed per thread. ``deliver`` either
+returns (the destination has the event) or raises ``DeliveryError``; any other
+exception is treated as a retryable failure.
 
 ``deliver`` may be called from many threads at once (gunicorn's gthread workers) and
 again for the same ``messageId`` (delivery is at least once: a timed-out request may
 have arrived). A user's class::
 
+    from dataclasses import dataclass
     from pixel_wsgi.destinations import Destination, DeliveryError
+    from pixel_wsgi.options import NonEmptyString, OptionsSchema
+
+    @dataclass(frozen=True)
+    class KafkaOptions:
+        topic: str
 
     class KafkaDestination(Destination):
-        def configure(self, options):
-            self.topic = options.nonempty_string("topic", required=True)
-            self._producer = None  # opened on first use, after the fork
+        class Options(OptionsSchema):
+            model = KafkaOptions
+            topic = NonEmptyString(required=True)
+
+        options: KafkaOptions
 
         def deliver(self, payload):
-            if self._producer is None:
-                self._producer = make_producer()
+            producer = self.producer()  # opened on first use, after the fork
             try:
-                self._producer.send(self.topic, payload.body, key=payload.message_id)
+                producer.send(self.options.topic, payload.body, key=payload.message_id)
             except ProducerError as exc:
                 raise DeliveryError(str(exc)) from exc
 """
@@ -29,10 +39,10 @@ have arrived). A user's class::
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
-from ..config import OptionReader
-from ..errors import ConfigError, DeliveryError
+from ..errors import DeliveryError
+from ..options import OptionsSchema
 
 __all__ = ["Destination", "DeliveryError", "Payload"]
 
@@ -64,25 +74,20 @@ class Payload:
 
 
 class Destination:
-    """Base class. Subclasses read their options in ``configure`` and implement ``deliver``."""
+    """Base class. Subclasses declare ``Options`` and implement ``deliver``."""
 
     #: ``type = "..."`` in the configuration; informational for user classes.
     kind = "custom"
+    #: The schema of this destination's options table (no options by default).
+    Options: ClassVar[type[OptionsSchema]] = OptionsSchema
     #: Attempts after the first failure, all within the dispatch budget; HTTP
     #: destinations read it from their ``retries`` option.
     retries = 2
 
-    def __init__(self, name: str, options: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, name: str, options: Any = None) -> None:
         self.name = name
-        errors: list[str] = []
-        reader = OptionReader(options or {}, f"destinations.{name}", errors)
-        self.configure(reader)
-        reader.reject_unknown()
-        if errors:
-            raise ConfigError(errors)
-
-    def configure(self, options: OptionReader) -> None:
-        """Read options; record mistakes with ``options.error`` (never raise per option)."""
+        #: what ``Options().load(table)`` returned for this destination's table
+        self.options = options
 
     def deliver(self, payload: Payload) -> None:  # pragma: no cover - interface
         raise NotImplementedError

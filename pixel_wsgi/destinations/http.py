@@ -11,7 +11,7 @@ request path ``Session.request`` merges environment settings (proxies,
 ``REQUESTS_CA_BUNDLE``, ``.netrc``) on every call, and even ``Session.send`` spends more
 on cookie jars, hooks and response wrapping than the POST itself costs on a fast
 network (measured: about 3x a raw ``http.client`` keep-alive POST, against 1.7x this
-way). Headers and the ``Authorization`` value are computed once, in ``configure``.
+way). Headers and the ``Authorization`` value are computed once, in ``__init__``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import base64
 import email.utils
 import logging
 import time
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Mapping
 
 import requests
 import requests.adapters
@@ -28,20 +29,15 @@ import urllib3
 from urllib3 import HTTPConnectionPool
 from urllib3.util import Timeout, parse_url
 
-from .. import __version__
-from ..config import OptionReader
 from ..errors import DeliveryError
+from ..options import Integer, Number, OptionsSchema
 from ..resources import PerThread
+from ..version import __version__
 from .base import Destination, Payload
 
 logger = logging.getLogger(__name__)
 
 USER_AGENT = f"pixel-wsgi/{__version__}"
-# Seconds to connect and to wait for the answer; a request never waits longer than
-# what is left of the dispatch budget either.
-DEFAULT_TIMEOUT = 5.0
-# Attempts after the first; the dispatch budget usually ends them sooner.
-DEFAULT_RETRIES = 3
 # Enough of an error response to tell why, not enough to fill the spool with HTML pages.
 MAX_RESPONSE_TEXT = 1000
 RETRYABLE_STATUSES = frozenset({408, 429})
@@ -61,14 +57,32 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+@dataclass(frozen=True)
+class HTTPOptions:
+    timeout: float
+    retries: int
+
+
+class HTTPOptionsSchema(OptionsSchema):
+    model: ClassVar[Callable[..., Any]] = HTTPOptions
+    # Seconds to connect and to wait for the answer; a request never waits longer than
+    # what is left of the dispatch budget either.
+    timeout = Number(load_default=5.0, minimum=0.001)
+    # Attempts after the first; the dispatch budget usually ends them sooner.
+    retries = Integer(load_default=3, minimum=0)
+
+
 class HTTPDestination(Destination):
-    """POSTs each event as JSON. Subclasses set ``self.url_template`` and headers in ``configure``."""
+    """POSTs each event as JSON. Subclasses supply ``url_for`` and add headers in ``__init__``."""
 
     kind = "http"
+    Options = HTTPOptionsSchema
+    options: HTTPOptions
 
-    def configure(self, options: OptionReader) -> None:
-        self.timeout = options.number("timeout", DEFAULT_TIMEOUT, minimum=0.001)
-        self.retries = options.integer("retries", DEFAULT_RETRIES)
+    def __init__(self, name: str, options: HTTPOptions) -> None:
+        super().__init__(name, options)
+        self.timeout = options.timeout
+        self.retries = options.retries
         # HTTP/1.1 keeps the connection alive without saying so; every header costs.
         self.headers: dict[str, str] = {"User-Agent": USER_AGENT, "Content-Type": "application/json"}
         self._sessions = PerThread(ThreadSession, ThreadSession.close)
@@ -163,7 +177,7 @@ def _pool_for(session: requests.Session, url: str) -> HTTPConnectionPool:
         pool = adapter.get_connection_with_tls_context(request, verify=True)
     else:  # pragma: no cover - older requests
         pool = adapter.get_connection(url)
-    adapter.cert_verify(pool, url, True, None)  # type: ignore[no-untyped-call]
+    adapter.cert_verify(pool, url, True, None)
     assert isinstance(pool, HTTPConnectionPool)
     return pool
 
@@ -188,13 +202,3 @@ def describe(exc: BaseException) -> str:
 def basic_auth(write_key: str) -> str:
     """``Authorization`` for RudderStack and Segment: the write key as user, empty password."""
     return "Basic " + base64.b64encode(f"{write_key}:".encode()).decode("ascii")
-
-
-def read_url(options: OptionReader, key: str, default: str | None = None) -> Any:
-    """A required (or defaulted) http(s) URL without a trailing slash."""
-    url = options.nonempty_string(key, default, required=default is None)
-    if isinstance(url, str) and url:
-        if not url.startswith(("http://", "https://")):
-            options.error(key, f"must be an http:// or https:// URL, not {url!r}")
-        return url.rstrip("/")
-    return url

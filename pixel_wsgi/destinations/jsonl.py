@@ -11,17 +11,31 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 
-from ..config import OptionReader
 from ..errors import DeliveryError
+from ..options import OptionsSchema, WritableFile
 from .base import Destination, Payload
+
+
+@dataclass(frozen=True)
+class JSONLinesOptions:
+    path: str
+
+
+class JSONLinesOptionsSchema(OptionsSchema):
+    model = JSONLinesOptions
+    path = WritableFile(required=True)
 
 
 class JSONLinesDestination(Destination):
     kind = "jsonl"
+    Options = JSONLinesOptionsSchema
+    options: JSONLinesOptions
 
-    def configure(self, options: OptionReader) -> None:
-        self.path = options.nonempty_string("path", required=True)
+    def __init__(self, name: str, options: JSONLinesOptions) -> None:
+        super().__init__(name, options)
+        self.path = options.path
         self._fd: int | None = None
         self._pid = 0
         self._lock = threading.Lock()

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import OptionReader
 from .base import Destination, Payload
 
 
 class MemoryDestination(Destination):
     kind = "memory"
 
-    def configure(self, options: OptionReader) -> None:
+    def __init__(self, name: str, options: Any = None) -> None:
+        super().__init__(name, options)
         self.events: list[dict[str, Any]] = []
 
     def deliver(self, payload: Payload) -> None:

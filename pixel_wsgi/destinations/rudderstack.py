@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
-from ..config import OptionReader, mask_write_key
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+from ..masking import mask_write_key
+from ..options import URL, NonEmptyString
 from .base import Payload
-from .http import HTTPDestination, basic_auth, read_url
+from .http import HTTPDestination, HTTPOptions, HTTPOptionsSchema, basic_auth
+
+
+@dataclass(frozen=True)
+class RudderStackOptions(HTTPOptions):
+    #: the API's base URL: ``data_plane_url`` for RudderStack, ``api_url`` for Segment
+    base_url: str
+    write_key: str
+
+
+class RudderStackOptionsSchema(HTTPOptionsSchema):
+    model: ClassVar[Callable[..., Any]] = RudderStackOptions
+    base_url = URL(required=True, data_key="data_plane_url")
+    write_key = NonEmptyString(required=True)
 
 
 class RudderStackDestination(HTTPDestination):
     kind = "rudderstack"
-    #: the option that names the API's base URL, and its default (None: required)
-    url_option = "data_plane_url"
-    default_url: str | None = None
+    Options = RudderStackOptionsSchema
+    options: RudderStackOptions
 
-    def configure(self, options: OptionReader) -> None:
-        super().configure(options)
-        self.base_url = read_url(options, self.url_option, self.default_url)
-        self.write_key = options.nonempty_string("write_key", required=True) or ""
+    def __init__(self, name: str, options: RudderStackOptions) -> None:
+        super().__init__(name, options)
+        self.base_url = options.base_url
+        self.write_key = options.write_key
         self.headers["Authorization"] = basic_auth(self.write_key)
         # The event type is one of two: build both URLs once.
         self._urls = {kind: f"{self.base_url}/v1/{kind}" for kind in ("page", "track")}

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from .rudderstack import RudderStackDestination
+from ..options import URL
+from .rudderstack import RudderStackDestination, RudderStackOptionsSchema
 
 SEGMENT_API_URL = "https://api.segment.io"
 
 
+class SegmentOptionsSchema(RudderStackOptionsSchema):
+    base_url = URL(load_default=SEGMENT_API_URL, data_key="api_url")
+
+
 class SegmentDestination(RudderStackDestination):
     kind = "segment"
-    url_option = "api_url"
-    default_url = SEGMENT_API_URL
+    Options = SegmentOptionsSchema

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Iterator
 
-from ..config import OptionReader
 from ..errors import DeliveryError
+from ..options import OptionsSchema, WritableFile
 from ..resources import PerThread, open_wal_database
 from .base import Destination, Payload
 
@@ -36,32 +37,52 @@ def connect(path: str) -> sqlite3.Connection:
     return open_wal_database(path, SCHEMA)
 
 
-def read_events(path: str, last: int | None = None) -> list[dict[str, Any]]:
-    """The stored rows, oldest first (the last ``last`` of them, if given)."""
+COLUMNS = "id, received_at, type, message_id, source, event"
+
+
+def iter_events(path: str, last: int | None = None, after: int = 0) -> Iterator[dict[str, Any]]:
+    """The stored rows with an id above ``after``, oldest first (only the last ``last``
+    of them, if given), read one at a time: a store of millions of events is never
+    loaded at once."""
     if not os.path.exists(path):
         raise FileNotFoundError(path)
     connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         if last is None:
-            rows = connection.execute("SELECT id, received_at, type, message_id, source, event FROM events ORDER BY id").fetchall()
+            cursor = connection.execute(f"SELECT {COLUMNS} FROM events WHERE id > ? ORDER BY id", (after,))
         else:
-            rows = connection.execute(
-                "SELECT * FROM (SELECT id, received_at, type, message_id, source, event FROM events ORDER BY id DESC LIMIT ?) ORDER BY id",
-                (last,),
-            ).fetchall()
+            cursor = connection.execute(
+                f"SELECT * FROM (SELECT {COLUMNS} FROM events WHERE id > ? ORDER BY id DESC LIMIT ?) ORDER BY id", (after, last)
+            )
+        for row in cursor:
+            yield {"id": row[0], "received_at": row[1], "type": row[2], "message_id": row[3], "source": row[4], "event": json.loads(row[5])}
     finally:
         connection.close()
-    return [
-        {"id": row[0], "received_at": row[1], "type": row[2], "message_id": row[3], "source": row[4], "event": json.loads(row[5])}
-        for row in rows
-    ]
+
+
+def read_events(path: str, last: int | None = None) -> list[dict[str, Any]]:
+    """The stored rows, oldest first (the last ``last`` of them, if given), as a list."""
+    return list(iter_events(path, last))
+
+
+@dataclass(frozen=True)
+class SQLiteOptions:
+    path: str
+
+
+class SQLiteOptionsSchema(OptionsSchema):
+    model = SQLiteOptions
+    path = WritableFile(load_default="pixel-events.sqlite3")
 
 
 class SQLiteDestination(Destination):
     kind = "sqlite"
+    Options = SQLiteOptionsSchema
+    options: SQLiteOptions
 
-    def configure(self, options: OptionReader) -> None:
-        self.path = options.nonempty_string("path", "pixel-events.sqlite3")
+    def __init__(self, name: str, options: SQLiteOptions) -> None:
+        super().__init__(name, options)
+        self.path = options.path
         self._connections = PerThread(lambda: connect(self.path), sqlite3.Connection.close)
 
     def deliver(self, payload: Payload) -> None:

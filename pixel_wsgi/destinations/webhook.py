@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from dataclasses import dataclass
 from typing import Mapping
 
-from ..config import OptionReader
+from ..options import URL, NonEmptyString, StringTable
 from .base import Payload
-from .http import HTTPDestination, read_url
+from .http import HTTPDestination, HTTPOptions, HTTPOptionsSchema
 
 SIGNATURE_HEADER = "X-Pixel-Signature"
 
@@ -18,18 +19,34 @@ def sign(secret: bytes, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
+@dataclass(frozen=True)
+class WebhookOptions(HTTPOptions):
+    url: str
+    headers: dict[str, str]
+    signing_secret: str | None
+
+
+class WebhookOptionsSchema(HTTPOptionsSchema):
+    model = WebhookOptions
+    url = URL(required=True)
+    headers = StringTable(load_default=dict)
+    signing_secret = NonEmptyString(load_default=None)
+
+
 class WebhookDestination(HTTPDestination):
     kind = "webhook"
+    Options = WebhookOptionsSchema
+    options: WebhookOptions
 
-    def configure(self, options: OptionReader) -> None:
-        super().configure(options)
-        self.url = read_url(options, "url")
-        self.headers.update(options.string_table("headers"))
-        secret = options.nonempty_string("signing_secret")
+    def __init__(self, name: str, options: WebhookOptions) -> None:
+        super().__init__(name, options)
+        self.url = options.url
+        self.headers.update(options.headers)
+        secret = options.signing_secret
         self.signing_secret = secret.encode("utf-8") if secret else None
 
     def url_for(self, payload: Payload) -> str:
-        return self.url  # type: ignore[no-any-return]
+        return self.url
 
     def headers_for(self, payload: Payload) -> Mapping[str, str]:
         if self.signing_secret is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Tuple, Union
 from urllib.parse import quote
 
-# Fields the server adds to every event (SPEC §2): removed before comparing payloads.
+# Fields the server adds to every event (README, "Fields the server adds"): removed before comparing payloads.
 SERVER_FIELDS = ("messageId", "originalTimestamp", "sentAt", "receivedAt", "channel", "integrations")
 SERVER_CONTEXT_FIELDS = ("ip", "library")
 
