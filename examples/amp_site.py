@@ -10,7 +10,7 @@ runtime loads from cdn.ampproject.org)::
 
 The request the vendor makes, without a browser::
 
-    curl -i 'http://localhost:8000/pixel/v1/page?writeKey=dev-write-key&anonymousId=amp-1&name=AMP%20article&context.platform=AMP&context.screen.width=412'
+    curl -sS -D - -o /dev/null 'http://localhost:8000/pixel/v1/page?writeKey=dev-write-key&anonymousId=amp-1&name=AMP%20article&context.platform=AMP&context.screen.width=412'
 """
 
 from __future__ import annotations

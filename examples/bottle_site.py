@@ -12,7 +12,7 @@ or under gunicorn::
 Then try::
 
     curl http://127.0.0.1:8000/hello/ada
-    curl -i 'http://127.0.0.1:8000/pixel/v1/track?writeKey=dev-write-key&userId=u1&event=Signed%20Up'
+    curl -sS -D - -o /dev/null 'http://127.0.0.1:8000/pixel/v1/track?writeKey=dev-write-key&userId=u1&event=Signed%20Up'
     pixel-wsgi events
 """
 

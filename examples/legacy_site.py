@@ -10,7 +10,7 @@ to the site, which never knows the pixel is there. Run it from the repository ro
 Then try::
 
     curl http://127.0.0.1:8000/
-    curl -i 'http://127.0.0.1:8000/analytics/pixel/v1/track?writeKey=dev-write-key&anonymousId=a1&event=Clicked'
+    curl -sS -D - -o /dev/null 'http://127.0.0.1:8000/analytics/pixel/v1/track?writeKey=dev-write-key&anonymousId=a1&event=Clicked'
     pixel-wsgi events
 """
 

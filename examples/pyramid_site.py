@@ -12,7 +12,7 @@ or under gunicorn::
 Then try::
 
     curl http://127.0.0.1:8000/hello/ada
-    curl -i 'http://127.0.0.1:8000/pixel/v1/page?writeKey=dev-write-key&anonymousId=a1&name=Docs'
+    curl -sS -D - -o /dev/null 'http://127.0.0.1:8000/pixel/v1/page?writeKey=dev-write-key&anonymousId=a1&name=Docs'
     pixel-wsgi events
 """
 

@@ -212,7 +212,7 @@ def _banner(app: PixelApp, args: argparse.Namespace, port: int, write_key: str |
         f"  page:      {page}",
         f"  track:     {track}",
         "Try it:",
-        f'  curl -i "{track}?{query}"',
+        f'  curl -sS -D - -o /dev/null "{track}?{query}"',
         "Press Ctrl-C to stop.",
     ]
     return "\n".join(lines)

@@ -20,7 +20,7 @@ from .support.servers import http_get, server_process
 
 PIXEL_WSGI = str(Path(sys.executable).with_name("pixel-wsgi"))
 TRACK_URL = re.compile(r"track:\s+(http://127\.0\.0\.1:\d+)/\S*track\n")
-CURL_LINE = re.compile(r'curl -i "([^"]+)"')
+CURL_LINE = re.compile(r'curl -sS -D - -o /dev/null "([^"]+)"')
 
 
 def serve_ready(log: str) -> str | None:
@@ -72,7 +72,7 @@ def test_serve_without_a_write_key_generates_one_and_its_curl_line_works(tmp_pat
         log = server.log()
         write_key = re.search(r"write key: (\S+)", log).group(1)
         assert len(write_key) >= 20
-        [url] = shlex.split(CURL_LINE.search(log).group(0))[2:]
+        url = shlex.split(CURL_LINE.search(log).group(0))[-1]
         assert f"writeKey={write_key}&" in url
         status, _, _ = http_get(url)
         assert status == 200
