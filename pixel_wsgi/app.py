@@ -22,8 +22,10 @@ from .destinations import Destination, Payload, build_destination, validate_dest
 from .dispatch import Dispatcher
 from .errors import RequestRejected, bad_parameter
 from .event import complete_event
+from .hostlogs import use_gunicorn_error_log
+from .logsafe import log_safe
 from .parsing import nest, split_query, top_level_name
-from .responses import Responses, one_line
+from .responses import Responses
 from .schemas import EventSchemas, format_errors
 from .spool import Spool
 
@@ -50,6 +52,8 @@ class PixelApp:
 
     def __init__(self, config: Config | Mapping[str, Any] | str | os.PathLike[str] | None = None) -> None:
         self.config = load_config(config, validate_destination=validate_destination)
+        # Under gunicorn without a logging set-up, our records go to its error log.
+        use_gunicorn_error_log()
         self.destinations: Dict[str, Destination] = {
             name: build_destination(settings) for name, settings in self.config.destinations.items()
         }
@@ -97,7 +101,7 @@ class PixelApp:
         try:
             return self.on_event(endpoint, environ, start_response)
         except Exception:  # the last line of defence: a bug must not show a traceback
-            logger.exception("unexpected error handling %s", environ.get("PATH_INFO"))
+            logger.exception("unexpected error handling %s", log_safe(str(environ.get("PATH_INFO"))))
             return self.responses.error(start_response, 500, "internal error")
 
     # -- endpoints ----------------------------------------------------------
@@ -187,10 +191,10 @@ class PixelApp:
                 level,
                 "rejected %d %s: %s (source %s, client %s)",
                 status,
-                environ.get("PATH_INFO", ""),
-                one_line(reason),
+                log_safe(environ.get("PATH_INFO", "")),
+                log_safe(reason),
                 source.name if source else "unknown",
-                environ.get("REMOTE_ADDR", "-"),
+                log_safe(environ.get("REMOTE_ADDR", "-")),
             )
 
     # -- lifecycle ------------------------------------------------------------
