@@ -19,7 +19,7 @@ import os
 import sqlite3
 import threading
 import weakref
-from typing import Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -34,7 +34,7 @@ class _Holder(Generic[T]):
     """What a thread's ``threading.local`` keeps: when the thread ends, the holder is
     dropped with the thread's locals, and its finalizer closes the resource."""
 
-    __slots__ = ("resource", "pid", "finalizer", "__weakref__")
+    __slots__ = ("resource", "pid", "__weakref__")
 
     def __init__(self, resource: T, pid: int) -> None:
         self.resource = resource
@@ -48,7 +48,7 @@ class PerThread(Generic[T]):
         self._local = threading.local()
         # Finalizers of the resources open now, by holder id: a finished thread's entry
         # removes itself, so this never grows with the number of threads served.
-        self._open_now: dict[int, weakref.finalize] = {}
+        self._open_now: dict[int, weakref.finalize[Any, Any]] = {}
         # Taken only when a thread opens or drops its resource and at close: never per request.
         self._lock = threading.Lock()
 
@@ -60,7 +60,6 @@ class PerThread(Generic[T]):
             finalizer = weakref.finalize(holder, self._release, id(holder), holder.resource, pid)
             # At interpreter exit the process is going away: closing is close()'s job.
             finalizer.atexit = False
-            holder.finalizer = finalizer
             with self._lock:
                 self._open_now[id(holder)] = finalizer
             self._local.holder = holder

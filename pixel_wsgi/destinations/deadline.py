@@ -77,7 +77,7 @@ class DeadlineHTTPConnection(HTTPConnection):
 
     def connect(self) -> None:
         super().connect()
-        self.sock = _DeadlineSocket(self.sock, self._deadline)  # type: ignore[assignment]
+        self.sock = _DeadlineSocket(self.sock, self._deadline)
 
 
 class DeadlineHTTPSConnection(HTTPSConnection):
@@ -87,7 +87,7 @@ class DeadlineHTTPSConnection(HTTPSConnection):
 
     def connect(self) -> None:
         super().connect()
-        self.sock = _DeadlineSocket(self.sock, self._deadline)  # type: ignore[assignment]
+        self.sock = _DeadlineSocket(self.sock, self._deadline)
 
 
 deadline_connection_classes: dict[str, type[HTTPConnection]] = {

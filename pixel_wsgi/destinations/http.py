@@ -184,7 +184,7 @@ def _pool_for(session: requests.Session, url: str) -> HTTPConnectionPool:
         pool = adapter.get_connection_with_tls_context(request, verify=True)
     else:  # pragma: no cover - older requests
         pool = adapter.get_connection(url)
-    adapter.cert_verify(pool, url, True, None)  # type: ignore[no-untyped-call]
+    adapter.cert_verify(pool, url, True, None)
     assert isinstance(pool, HTTPConnectionPool)
     return pool
 
