@@ -16,6 +16,7 @@ by their owner only: they contain email addresses, user ids and IP addresses.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import threading
 import weakref
@@ -28,6 +29,7 @@ T = TypeVar("T")
 BUSY_TIMEOUT_MS = 5000
 # New data files: owner read and write only. Existing files keep their mode.
 PRIVATE_FILE_MODE = 0o600
+_CREATED_NAMES = re.compile(r"CREATE\s+(?:TABLE|INDEX|UNIQUE\s+INDEX|VIEW|TRIGGER)\s+IF\s+NOT\s+EXISTS\s+(\w+)", re.IGNORECASE)
 
 
 class _Holder(Generic[T]):
@@ -116,7 +118,13 @@ def open_wal_database(path: str, schema: str) -> sqlite3.Connection:
         # NORMAL in WAL mode survives a crash of any process; only a power cut can take
         # the last transactions back, and FULL would cost an fsync per event.
         connection.execute("PRAGMA synchronous = NORMAL")
-        connection.executescript(schema)
+        # Running the script takes the write lock even when it creates nothing: a
+        # thread opening its connection while another process writes would wait the
+        # whole busy timeout. Reading the catalogue needs no lock in WAL mode.
+        wanted = set(_CREATED_NAMES.findall(schema))
+        existing = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+        if not wanted or not wanted <= existing:
+            connection.executescript(schema)
     except BaseException:
         connection.close()
         raise
