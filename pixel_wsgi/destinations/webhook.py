@@ -47,10 +47,10 @@ def secret_key(secret: str) -> bytes:
     """The HMAC key of a ``signing_secret``; raises ``ValueError`` for a bad ``whsec_`` value."""
     if not secret.startswith(STANDARD_SECRET_PREFIX):
         return secret.encode("utf-8")
-    encoded = secret[len(STANDARD_SECRET_PREFIX) :]
+    encoded = secret[len(STANDARD_SECRET_PREFIX) :].rstrip("=")
     try:
-        # Unpadded base64 is common in the wild; extra padding is ignored.
-        key = base64.b64decode(encoded + "==", validate=True)
+        # Unpadded base64 is common in the wild: pad it back.
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("a whsec_ secret must be followed by base64") from None
     if not key:
