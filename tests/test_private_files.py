@@ -58,9 +58,7 @@ def test_existing_files_keep_their_mode(tmp_path, permissive_umask):
     lines, store = tmp_path / "events.jsonl", tmp_path / "events.sqlite3"
     lines.touch(mode=0o640)
     store.touch(mode=0o640)
-    config = delivery_config(
-        tmp_path, {"store": {"type": "sqlite", "path": str(store)}, "lines": {"type": "jsonl", "path": str(lines)}}
-    )
+    config = delivery_config(tmp_path, {"store": {"type": "sqlite", "path": str(store)}, "lines": {"type": "jsonl", "path": str(lines)}})
     app = PixelApp(config)
     try:
         TestApp(app).get(track_url("m-kept"), status=200)

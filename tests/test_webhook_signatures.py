@@ -19,7 +19,7 @@ from pixel_wsgi.config import DestinationConfig
 from pixel_wsgi.destinations import Destination, Payload, build_destination
 from pixel_wsgi.destinations.webhook import standard_signature
 from pixel_wsgi.errors import ConfigError
-from tests.support.sink import Reply, Sink, sink_fixture
+from tests.support.sink import Reply, sink_fixture
 
 # A secret in the Standard Webhooks form: "whsec_" and base64 of the key bytes.
 KEY = b"a key of thirty-two random bytes"

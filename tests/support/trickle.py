@@ -122,8 +122,7 @@ class TrickleServer:
 
     def _send_trickling(self, connection: socket.socket) -> None:
         answer = (
-            f"HTTP/1.1 {self.status} Whatever\r\nContent-Type: text/plain\r\nContent-Length: {len(self.body)}\r\n\r\n".encode()
-            + self.body
+            f"HTTP/1.1 {self.status} Whatever\r\nContent-Type: text/plain\r\nContent-Length: {len(self.body)}\r\n\r\n".encode() + self.body
         )
         for index in range(len(answer)):
             connection.sendall(answer[index : index + 1])
