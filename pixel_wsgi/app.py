@@ -22,9 +22,11 @@ from .destinations import Destination, Payload
 from .dispatch import Dispatcher
 from .errors import RequestRejected, bad_parameter
 from .event import complete_event
+from .hostlogs import use_gunicorn_error_log
+from .logsafe import log_safe
 from .masking import mask_write_key
 from .parsing import nest, split_query, top_level_name
-from .responses import Responses, one_line
+from .responses import Responses
 from .schemas import EventSchemas, format_errors
 from .spool import Spool
 
@@ -52,6 +54,8 @@ class PixelApp:
     def __init__(self, config: Config | Mapping[str, Any] | str | os.PathLike[str] | None = None) -> None:
         # Every check, the spool file's included, is made here: nothing fails later.
         self.config = load_config(config)
+        # Under gunicorn without a logging set-up, our records go to its error log.
+        use_gunicorn_error_log()
         self.destinations: Dict[str, Destination] = {name: settings.build() for name, settings in self.config.destinations.items()}
         self.spool = Spool(self.config.spool.path)
         self.dispatcher = Dispatcher(self.destinations, self.spool, self.config.dispatch)
@@ -95,7 +99,7 @@ class PixelApp:
         try:
             return self.on_event(endpoint, environ, start_response)
         except Exception:  # the last line of defence: a bug must not show a traceback
-            logger.exception("unexpected error handling %s", environ.get("PATH_INFO"))
+            logger.exception("unexpected error handling %s", log_safe(str(environ.get("PATH_INFO"))))
             return self.responses.error(start_response, 500, "internal error")
 
     # -- endpoints ----------------------------------------------------------
@@ -185,10 +189,10 @@ class PixelApp:
                 level,
                 "rejected %d %s: %s (source %s, client %s)",
                 status,
-                environ.get("PATH_INFO", ""),
-                one_line(reason),
+                log_safe(environ.get("PATH_INFO", "")),
+                log_safe(reason),
                 source.name if source else "unknown",
-                environ.get("REMOTE_ADDR", "-"),
+                log_safe(environ.get("REMOTE_ADDR", "-")),
             )
 
     # -- lifecycle ------------------------------------------------------------

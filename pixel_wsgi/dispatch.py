@@ -5,6 +5,11 @@ event is safe: delivered to every destination, or in the spool for the ones that
 not take it. How destinations fail, are retried, are spooled and are cut off by a
 circuit breaker is decided here.
 
+Time is one wall clock per request: ``[dispatch] budget`` seconds for every delivery
+and retry (HTTP reads, SQLite locks included), shared fairly between the
+destinations, then a short grace to spool what is left. A request never takes
+longer than ``budget + SPOOL_GRACE`` plus the time to build its answer.
+
 Delivery is at least once. A request that timed out may still have arrived, and its
 event is then spooled and sent again; the ``messageId`` is kept so that destinations
 can drop the duplicate.
@@ -21,6 +26,7 @@ from typing import Callable, Iterable, Mapping
 
 from .config import DispatchConfig, DispatchSchema, default_settings
 from .destinations import DeliveryError, Destination, Payload
+from .logsafe import log_safe
 from .spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -31,6 +37,10 @@ BACKOFF_BASE = 0.05
 BACKOFF_MAX = 2.0
 # When a spooled event is due again if the destination did not say (Retry-After).
 SPOOL_RETRY_DELAY = 60.0
+# Seconds after the budget in which the events not delivered are written to the spool
+# (a spool locked by another process is waited for this long at most): what keeps a
+# request within budget + 0.25 s, with time left to answer it.
+SPOOL_GRACE = 0.2
 
 
 def backoff(retry: int) -> float:
@@ -144,29 +154,40 @@ class Dispatcher:
 
     def dispatch(self, payload: Payload, names: Iterable[str]) -> bool:
         """Deliver to each named destination or spool; ``True`` when the event is safe everywhere."""
-        deadline = time.monotonic() + self.settings.budget
-        safe = True
-        for name in names:
+        started = time.monotonic()
+        deadline = started + self.settings.budget
+        names = names if isinstance(names, (tuple, list)) else tuple(names)
+        undelivered: list[tuple[str, Outcome]] = []
+        for index, name in enumerate(names):
             breaker = self.breakers[name]
             if not breaker.allow():
                 # Not a delivery failure (nothing was tried), so no WARNING per event:
                 # the breaker logged once when it opened.
-                skipped = Outcome(0, DeliveryError("circuit open: not tried"), breaker.cooldown)
-                safe = self._spool(name, payload, skipped) and safe
+                undelivered.append((name, Outcome(0, DeliveryError("circuit open: not tried"), breaker.cooldown)))
                 continue
-            outcome = self.deliver(self.destinations[name], payload, deadline)
+            # Each destination still to go gets an equal share of the time left, so one
+            # that hangs cannot take the time of those after it; what a quick one leaves
+            # goes to the next.
+            now = time.monotonic()
+            share_ends = now + (deadline - now) / (len(names) - index)
+            outcome = self.deliver(self.destinations[name], payload, share_ends)
             error = outcome.error
             if error is None:
                 breaker.success()
                 continue
             if outcome.attempts:
-                # A refusal (4xx) says the destination is up: only retryable failures count.
+                # A refusal (4xx) says the destination is up: only retryable failures
+                # count, and a delivery cut off by the deadline is one of them.
                 if error.retryable:
                     breaker.failure()
                 else:
                     breaker.success()
             self._log_failure(name, payload.message_id, outcome)
-            safe = self._spool(name, payload, outcome) and safe
+            undelivered.append((name, outcome))
+        safe = True
+        spool_deadline = max(deadline, time.monotonic()) + SPOOL_GRACE if undelivered else 0.0
+        for name, outcome in undelivered:
+            safe = self._spool(name, payload, outcome, spool_deadline) and safe
         return safe
 
     def deliver(self, destination: Destination, payload: Payload, deadline: float) -> Outcome:
@@ -194,7 +215,7 @@ class Dispatcher:
             logger.debug("delivery to %s: attempt %d failed (%s); retrying in %.3fs", destination.name, attempts, error, delay)
             self.sleep(delay)
 
-    def _spool(self, name: str, payload: Payload, outcome: Outcome) -> bool:
+    def _spool(self, name: str, payload: Payload, outcome: Outcome, deadline: float | None = None) -> bool:
         error = outcome.error
         assert error is not None
         if self.spool is None:
@@ -211,9 +232,10 @@ class Dispatcher:
                 response=error.response,
                 next_attempt_at=None if dead else time.time() + outcome.retry_in,
                 dead=dead,
+                wait=None if deadline is None else deadline - time.monotonic(),
             )
         except Exception:  # the spool failing is the one case that costs the client a 503
-            logger.exception("the spool could not keep the event for %s (messageId %s)", name, payload.message_id)
+            logger.exception("the spool could not keep the event for %s (messageId %s)", name, log_safe(payload.message_id))
             return False
         return True
 
@@ -224,8 +246,8 @@ class Dispatcher:
         logger.warning(
             "delivery to %s failed: %s (messageId %s, %d attempt%s); %s",
             name,
-            error,
-            message_id,
+            log_safe(str(error)),
+            log_safe(message_id),
             outcome.attempts,
             "" if outcome.attempts == 1 else "s",
             "spooled" if error.retryable else "spooled as dead",

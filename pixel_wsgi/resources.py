@@ -4,19 +4,43 @@ gunicorn may build the app before it forks (``--preload``) and gthread workers s
 it between threads, so nothing here is opened in a constructor: each thread opens its
 own connection on first use, a forked child opens new ones instead of using its
 parent's, and ``close()`` closes what this process opened, in every thread.
+
+Servers that start a thread per request (``pixel-wsgi serve``, wsgiref's threading
+mix-in) make every request a new thread: a connection must therefore die with the
+thread that opened it, or each request leaks a file descriptor and a page cache.
+
+Files that hold events (the store, the spool, JSON-lines files) are created readable
+by their owner only: they contain email addresses, user ids and IP addresses.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import threading
-from typing import Callable, Generic, TypeVar
+import weakref
+from typing import Any, Callable, Generic, TypeVar
 
 T = TypeVar("T")
 
-# Milliseconds a writer waits for another process's transaction before giving up.
+# Milliseconds a writer waits for another process's transaction before giving up;
+# on the request path the dispatch deadline shortens it (``wait_for_locks_at_most``).
 BUSY_TIMEOUT_MS = 5000
+# New data files: owner read and write only. Existing files keep their mode.
+PRIVATE_FILE_MODE = 0o600
+_CREATED_NAMES = re.compile(r"CREATE\s+(?:TABLE|INDEX|UNIQUE\s+INDEX|VIEW|TRIGGER)\s+IF\s+NOT\s+EXISTS\s+(\w+)", re.IGNORECASE)
+
+
+class _Holder(Generic[T]):
+    """What a thread's ``threading.local`` keeps: when the thread ends, the holder is
+    dropped with the thread's locals, and its finalizer closes the resource."""
+
+    __slots__ = ("resource", "pid", "__weakref__")
+
+    def __init__(self, resource: T, pid: int) -> None:
+        self.resource = resource
+        self.pid = pid
 
 
 class PerThread(Generic[T]):
@@ -24,42 +48,69 @@ class PerThread(Generic[T]):
         self._open = open_resource
         self._close = close_resource
         self._local = threading.local()
-        self._opened: list[tuple[int, T]] = []
-        # Taken only when a thread opens its resource and at close: never per request.
+        # Finalizers of the resources open now, by holder id: a finished thread's entry
+        # removes itself, so this never grows with the number of threads served.
+        self._open_now: dict[int, weakref.finalize[Any, Any]] = {}
+        # Taken only when a thread opens or drops its resource and at close: never per request.
         self._lock = threading.Lock()
 
     def get(self) -> T:
-        local = self._local
+        holder: _Holder[T] | None = getattr(self._local, "holder", None)
         pid = os.getpid()
-        resource: T | None = getattr(local, "resource", None)
-        if resource is None or local.pid != pid:
-            resource = self._open()
-            local.resource, local.pid = resource, pid
+        if holder is None or holder.pid != pid:
+            holder = _Holder(self._open(), pid)
+            finalizer = weakref.finalize(holder, self._release, id(holder), holder.resource, pid)
+            # At interpreter exit the process is going away: closing is close()'s job.
+            finalizer.atexit = False
             with self._lock:
-                self._opened.append((pid, resource))
-        return resource
+                self._open_now[id(holder)] = finalizer
+            self._local.holder = holder
+        return holder.resource
+
+    def _release(self, key: int, resource: T, owner: int) -> None:
+        with self._lock:
+            self._open_now.pop(key, None)
+        # One inherited through fork is the parent's: leave its sockets and files alone.
+        if owner == os.getpid():
+            try:
+                self._close(resource)
+            except Exception:  # pragma: no cover - closing is best effort, from any thread
+                pass
 
     def __len__(self) -> int:
-        """How many are open, in every thread (and inherited through fork)."""
-        return len(self._opened)
+        """How many are open, in every live thread (and inherited through fork)."""
+        return len(self._open_now)
 
     def close(self) -> None:
-        pid = os.getpid()
         with self._lock:
-            opened, self._opened = self._opened, []
-        for owner, resource in opened:
-            # One inherited through fork is the parent's: leave its sockets and files alone.
-            if owner == pid:
-                self._close(resource)
+            finalizers = list(self._open_now.values())
+        for finalizer in finalizers:
+            finalizer()  # runs at most once, whichever comes first: this or the thread's end
         self._local = threading.local()
+
+
+def create_private(path: str) -> None:
+    """Create ``path`` empty with mode 0600 if it does not exist; an existing file is left alone.
+
+    SQLite gives its ``-wal`` and ``-shm`` files the mode of the database file, so a
+    database created here keeps all three private, whatever the umask.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), PRIVATE_FILE_MODE)
+    except FileExistsError:
+        return
+    os.close(fd)
 
 
 def open_wal_database(path: str, schema: str) -> sqlite3.Connection:
     """A connection in autocommit, WAL mode, with a busy timeout, and ``schema`` applied.
 
     WAL lets readers run beside one writer and the busy timeout makes writers from
-    several worker processes wait for each other instead of failing.
+    several worker processes wait for each other instead of failing. A new database
+    file is created 0600.
     """
+    if path != ":memory:" and not path.startswith("file:"):
+        create_private(path)
     connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
     try:
         connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -67,8 +118,25 @@ def open_wal_database(path: str, schema: str) -> sqlite3.Connection:
         # NORMAL in WAL mode survives a crash of any process; only a power cut can take
         # the last transactions back, and FULL would cost an fsync per event.
         connection.execute("PRAGMA synchronous = NORMAL")
-        connection.executescript(schema)
+        # Running the script takes the write lock even when it creates nothing: a
+        # thread opening its connection while another process writes would wait the
+        # whole busy timeout. Reading the catalogue needs no lock in WAL mode.
+        wanted = set(_CREATED_NAMES.findall(schema))
+        existing = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+        if not wanted or not wanted <= existing:
+            connection.executescript(schema)
     except BaseException:
         connection.close()
         raise
     return connection
+
+
+def wait_for_locks_at_most(connection: sqlite3.Connection, seconds: float | None) -> None:
+    """Make the next statements wait at most ``seconds`` for another process's lock.
+
+    The dispatch budget is a wall clock: a writer in another process holding the
+    database must not hold a pixel request for the full busy timeout. ``None``
+    restores the normal timeout (replay and the command line may wait).
+    """
+    milliseconds = BUSY_TIMEOUT_MS if seconds is None else max(1, min(BUSY_TIMEOUT_MS, int(seconds * 1000)))
+    connection.execute(f"PRAGMA busy_timeout = {milliseconds}")

@@ -34,13 +34,14 @@ STATUS_LINES = {
 }
 MAX_ERROR_HEADER_LENGTH = 200
 
-_UNSAFE_IN_ONE_LINE = re.compile(r"[\x00-\x1f\x7f]+")
+# C0 controls, DEL and the Unicode line breaks (NEL, LINE and PARAGRAPH SEPARATOR).
+_UNSAFE_IN_ONE_LINE = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]+")
 
 Headers = List[Tuple[str, str]]
 
 
 def one_line(text: str) -> str:
-    """No CR, LF or other control characters: safe in a header, a log line or a body."""
+    """No CR, LF, Unicode line breaks or other control characters: safe in a header or a body."""
     return _UNSAFE_IN_ONE_LINE.sub(" ", text)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import ConfigError
-from .resources import BUSY_TIMEOUT_MS, PerThread, open_wal_database
+from .resources import BUSY_TIMEOUT_MS, PerThread, open_wal_database, wait_for_locks_at_most
 
 logger = logging.getLogger(__name__)
 
@@ -139,9 +139,16 @@ class Spool:
         response: str | None = None,
         next_attempt_at: float | None = None,
         dead: bool = False,
+        wait: float | None = None,
     ) -> None:
-        """Store one event for one destination; raises ``sqlite3.Error`` or ``OSError`` when it cannot."""
-        self._connection().execute(
+        """Store one event for one destination; raises ``sqlite3.Error`` or ``OSError`` when it cannot.
+
+        ``wait``: seconds to wait at most for another process's lock (the request's deadline).
+        """
+        connection = self._connection()
+        if wait is not None:
+            wait_for_locks_at_most(connection, wait)
+        connection.execute(
             INSERT,
             (destination, message_id, source, body.decode("utf-8"), attempts, error, response, next_attempt_at, int(dead), time.time()),
         )

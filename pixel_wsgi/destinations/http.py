@@ -12,6 +12,12 @@ request path ``Session.request`` merges environment settings (proxies,
 on cookie jars, hooks and response wrapping than the POST itself costs on a fast
 network (measured: about 3x a raw ``http.client`` keep-alive POST, against 1.7x this
 way). Headers and the ``Authorization`` value are computed once, in ``__init__``.
+
+Every wait is bounded by one wall-clock deadline per delivery (``deadline.py``): a
+server that answers a byte every few seconds, status line and headers included,
+cannot hold a request past it, where urllib3's read timeout restarts at every byte.
+The response body is read up to ``MAX_RESPONSE_BODY`` bytes and no further: a
+destination answering with megabytes gets its connection closed, not read.
 """
 
 from __future__ import annotations
@@ -34,12 +40,16 @@ from ..options import Integer, Number, OptionsSchema
 from ..resources import PerThread
 from ..version import __version__
 from .base import Destination, Payload
+from .deadline import Deadline, deadline_connection_classes
 
 logger = logging.getLogger(__name__)
 
 USER_AGENT = f"pixel-wsgi/{__version__}"
 # Enough of an error response to tell why, not enough to fill the spool with HTML pages.
 MAX_RESPONSE_TEXT = 1000
+# The most of a response body read to keep its connection alive; past it the
+# connection is closed instead (a 10 MB answer is never read whole).
+MAX_RESPONSE_BODY = 64 * 1024
 RETRYABLE_STATUSES = frozenset({408, 429})
 
 
@@ -105,7 +115,11 @@ class HTTPDestination(Destination):
         if found is None:
             parsed = parse_url(url)
             target = (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
-            found = local.pools[url] = (_pool_for(local.session, url), target)
+            pool = _pool_for(local.session, url)
+            # The pool is this thread's alone: its connections read this thread's deadline.
+            pool.ConnectionCls = deadline_connection_classes[pool.scheme]
+            pool.conn_kw["deadline"] = local.deadline
+            found = local.pools[url] = (pool, target)
         return found
 
     def deliver(self, payload: Payload) -> None:
@@ -113,9 +127,12 @@ class HTTPDestination(Destination):
 
     def deliver_within(self, payload: Payload, seconds: float | None) -> None:
         body = payload.body
+        local = self._sessions.get()
         pool, target = self._pool(self.url_for(payload))
         headers = {**self.headers, "Content-Length": str(len(body)), **self.headers_for(payload)}
         seconds = self.timeout if seconds is None else max(0.001, min(self.timeout, seconds))
+        # Connect, send, status line, headers and body all end by this instant.
+        local.deadline.start(seconds)
         try:
             response = pool.urlopen(
                 "POST",
@@ -126,7 +143,7 @@ class HTTPDestination(Destination):
                 redirect=False,
                 assert_same_host=False,
                 timeout=Timeout(connect=seconds, read=seconds),
-                preload_content=True,
+                preload_content=False,
             )
         except urllib3.exceptions.NewConnectionError as exc:
             # Caught first: urllib3 makes it a subclass of ConnectTimeoutError.
@@ -136,9 +153,11 @@ class HTTPDestination(Destination):
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise DeliveryError(f"{type(exc).__name__}: {describe(exc)}") from None
         status = response.status
+        data = read_bounded(response, seconds)
         if 200 <= status < 300:
+            # The status says the destination has the event, even if its body was cut off.
             return
-        text = response.data[:MAX_RESPONSE_TEXT].decode("utf-8", "replace")
+        text = data[:MAX_RESPONSE_TEXT].decode("utf-8", "replace")
         retryable = status >= 500 or status in RETRYABLE_STATUSES
         raise DeliveryError(
             f"HTTP {status}",
@@ -155,13 +174,15 @@ class HTTPDestination(Destination):
 class ThreadSession:
     """One thread's ``requests.Session`` and the urllib3 pool of each URL it posts to."""
 
-    __slots__ = ("session", "pools")
+    __slots__ = ("session", "pools", "deadline")
 
     def __init__(self) -> None:
         self.session = requests.Session()
         # Never read proxies, certificates or .netrc from the environment.
         self.session.trust_env = False
         self.pools: dict[str, tuple[HTTPConnectionPool, str]] = {}
+        # The deadline of the delivery this thread is making, read by its connections.
+        self.deadline = Deadline()
 
     def close(self) -> None:
         self.session.close()
@@ -180,6 +201,30 @@ def _pool_for(session: requests.Session, url: str) -> HTTPConnectionPool:
     adapter.cert_verify(pool, url, True, None)
     assert isinstance(pool, HTTPConnectionPool)
     return pool
+
+
+def read_bounded(response: urllib3.BaseHTTPResponse, seconds: float) -> bytes:
+    """Up to ``MAX_RESPONSE_BODY`` bytes of the body; the connection is kept only if that was all.
+
+    A body cut off (the connection closed mid-way, or still trickling in at the
+    deadline) is a failed delivery: the destination may not have the event. A body
+    longer than ``MAX_RESPONSE_BODY`` is not read on: its connection is closed.
+    """
+    try:
+        data = response.read(MAX_RESPONSE_BODY + 1, decode_content=False)
+        if len(data) <= MAX_RESPONSE_BODY and not response.read(1, decode_content=False):
+            response.release_conn()
+            return data
+    except urllib3.exceptions.TimeoutError as exc:
+        response.close()
+        raise DeliveryError(f"timed out after {seconds:.3g}s reading the response ({type(exc).__name__})") from None
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        response.close()
+        raise DeliveryError(f"{type(exc).__name__} reading the response: {describe(exc)}") from None
+    # Closing the response closes its connection; the pool opens a new one next time.
+    response.close()
+    response.release_conn()
+    return data
 
 
 def describe(exc: BaseException) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 from ..errors import DeliveryError
 from ..options import OptionsSchema, WritableFile
-from ..resources import PerThread, open_wal_database
+from ..resources import PerThread, open_wal_database, wait_for_locks_at_most
 from .base import Destination, Payload
 
 SCHEMA = """
@@ -94,6 +94,11 @@ class SQLiteDestination(Destination):
             )
         except sqlite3.Error as exc:
             raise DeliveryError(f"sqlite {self.path}: {exc}") from exc
+
+    def deliver_within(self, payload: Payload, seconds: float | None) -> None:
+        # Another process holding the database may hold this request only until its deadline.
+        wait_for_locks_at_most(self._connections.get(), seconds)
+        self.deliver(payload)
 
     def close(self) -> None:
         self._connections.close()
