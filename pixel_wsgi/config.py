@@ -64,6 +64,12 @@ class DestinationConfig:
 @dataclass(frozen=True)
 class SpoolConfig:
     path: str = "pixel-spool.sqlite3"
+    # The database file never grows past this: at the bound an event that would need
+    # the spool is answered 503 rather than filling the disk during a long outage.
+    max_bytes: int = 1 << 30
+    # Seconds between background drains of due events; 0 leaves draining to
+    # `pixel-wsgi spool replay`.
+    drain_interval: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -267,7 +273,11 @@ def _build_config(raw: Mapping[str, Any], errors: list[str]) -> Config:
 
     limits = _build_limits(OptionReader(top.table_of("limits"), "limits", errors))
     spool_reader = OptionReader(top.table_of("spool"), "spool", errors)
-    spool = SpoolConfig(path=spool_reader.nonempty_string("path", "pixel-spool.sqlite3"))
+    spool = SpoolConfig(
+        path=spool_reader.nonempty_string("path", "pixel-spool.sqlite3"),
+        max_bytes=spool_reader.integer("max_bytes", SpoolConfig.max_bytes, minimum=1 << 20),
+        drain_interval=spool_reader.number("drain_interval", SpoolConfig.drain_interval),
+    )
     spool_reader.reject_unknown()
     dispatch = _build_dispatch(OptionReader(top.table_of("dispatch"), "dispatch", errors))
     raw_destinations = top.table_of("destinations")

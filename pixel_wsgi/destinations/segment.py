@@ -11,3 +11,5 @@ class SegmentDestination(RudderStackDestination):
     kind = "segment"
     url_option = "api_url"
     default_url = SEGMENT_API_URL
+    #: Segment refuses batch requests over 500 KB.
+    max_batch_bytes = 450_000
