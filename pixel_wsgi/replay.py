@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_CONCURRENCY = 8
 # When an event that failed again is due, if the destination did not say (Retry-After).
 RETRY_DELAY = 60.0
+Outcome = tuple[SpooledEvent, "DeliveryError | None"]
 # Stands for "not tried": its page had a retryable failure before its turn came.
 SKIPPED = DeliveryError("not tried: an earlier event of this run failed")
 
@@ -100,9 +101,7 @@ class Replayer:
             self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="pixel-replay")
         return self._executor
 
-    def replay(
-        self, name: str, *, dead: bool = False, due_at: float | None = None, stop: threading.Event | None = None
-    ) -> ReplayReport:
+    def replay(self, name: str, *, dead: bool = False, due_at: float | None = None, stop: threading.Event | None = None) -> ReplayReport:
         """Send destination ``name``'s waiting events (dead ones too with ``dead``).
 
         ``due_at``: only rows whose next attempt time has come by then (the drainer);
@@ -112,8 +111,8 @@ class Replayer:
         destination = self.destinations[name]
         breaker = self.breakers.get(name)
         report = ReplayReport(name)
-        batching = isinstance(destination, BatchDestination)
-        unit_size = destination.batch_size if isinstance(destination, BatchDestination) else 1
+        batching = destination if isinstance(destination, BatchDestination) else None
+        unit_size = batching.batch_size if batching is not None else 1
         page_size = max(PAGE_SIZE, unit_size * self.concurrency)
         for page in self.spool.pages(name, dead=dead, due_at=due_at, size=page_size):
             if stop is not None and stop.is_set():
@@ -122,7 +121,7 @@ class Replayer:
                 report.stopped = "circuit open"
                 break
             failed = threading.Event()
-            units = _units(page, destination) if batching else [[row] for row in page]
+            units = _units(page, batching) if batching is not None else [[row] for row in page]
             futures = [self._pool().submit(self._send, destination, unit, failed) for unit in units]
             results = [result for future in futures for result in future.result()]
             self._settle(name, results, report)
@@ -135,7 +134,7 @@ class Replayer:
                 break
         return report
 
-    def _send(self, destination: Destination, unit: list[SpooledEvent], failed: threading.Event) -> list[tuple[SpooledEvent, DeliveryError | None]]:
+    def _send(self, destination: Destination, unit: list[SpooledEvent], failed: threading.Event) -> list[Outcome]:
         """Runs in a pool thread: one event or one batch; a refused batch again one by one."""
         if failed.is_set():
             return [(row, SKIPPED) for row in unit]
@@ -151,7 +150,7 @@ class Replayer:
         logger.warning("batch of %d events refused by %s (%s): sending them one at a time", len(unit), destination.name, error)
         return [item for row in unit for item in self._send(destination, [row], failed)]
 
-    def _settle(self, name: str, results: list[tuple[SpooledEvent, DeliveryError | None]], report: ReplayReport) -> None:
+    def _settle(self, name: str, results: list[Outcome], report: ReplayReport) -> None:
         """Write the outcome of one page to the spool, and to the log for each failure."""
         delivered = [row.id for row, error in results if error is None]
         if delivered:

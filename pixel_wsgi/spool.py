@@ -170,7 +170,8 @@ class Spool:
                 (destination, message_id, source, body.decode("utf-8"), attempts, error, response, next_attempt_at, int(dead), time.time()),
             )
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorname == "SQLITE_FULL":
+            # sqlite_errorname is new in Python 3.11; before, the message is all there is.
+            if getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" or "database or disk is full" in str(exc):
                 raise SpoolFull(f"spool {self.path} is full ({self.max_bytes} bytes)") from None
             raise
 

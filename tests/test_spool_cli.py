@@ -49,7 +49,8 @@ def test_destination_down_spooled_then_replayed(down_then_back):
 def test_replay_stops_at_a_failure_and_keeps_the_rest(down_then_back):
     sink, config_path, message_ids, spool_path = down_then_back
     sink.script(Reply(200), Reply(200), Reply(503))
-    replayed = run_cli("spool", "replay", "--config", str(config_path))
+    # One at a time: the spool's order, and nothing sent after the failure.
+    replayed = run_cli("spool", "replay", "--concurrency", "1", "--config", str(config_path))
     assert replayed.returncode == 1
     assert "hook: 2 delivered; stopped: HTTP 503 (messageId m-2)" in replayed.stdout
     assert "3 events left to deliver" in replayed.stdout

@@ -13,7 +13,6 @@ from ..config import OptionReader, mask_write_key
 from .base import Payload
 from .http import HTTPDestination, basic_auth, read_url
 
-
 DEFAULT_BATCH_SIZE = 100
 BATCH_EVENT = {"type": "batch"}
 
