@@ -3,18 +3,19 @@
 Used by ``pixel-wsgi spool replay`` and by the background drainer; the caller holds the
 spool's ``DrainLock``, so no other drainer reads the same rows meanwhile.
 
-Rows are read a page at a time, oldest first. A page is cut into units (one event, or
-one batch for a destination with ``deliver_batch``) and ``concurrency`` threads send
-them: a destination that answers in 10 ms takes 100 events a second from one thread
-and ten times that from ten. What was delivered is removed in one transaction per
-page. A retryable failure (connection refused, timeout, 5xx, 429) ends the run for
-that destination once the units already under way are done: the rest wait for the
-next run instead of hammering a destination that is down. A refusal (other 4xx) marks
+Rows are read a page at a time, oldest first, and cut into units (one event, or one
+batch for a destination with ``deliver_batch``) that ``concurrency`` threads send: a
+destination that answers in 10 ms takes at most 100 requests a second from one
+thread, 800 from eight. What was delivered is removed in one transaction per page.
+
+A retryable failure (connection refused, timeout, 5xx, 429) ends the run for that
+destination once the units already under way are done: the rest wait for the next
+run instead of hammering a destination that is down. A refusal (other 4xx) marks
 that one event dead and the run goes on; a refused batch is re-sent one event at a
 time, so only the events the destination rejects become dead.
 
-With ``concurrency`` above 1 the events of one page may arrive out of order;
-``concurrency=1`` keeps the spool's order exactly.
+With ``concurrency`` above 1, events under way at the same time may arrive out of
+order; ``concurrency=1`` keeps the spool's order exactly.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Mapping, Protocol, Sequence, runtime_checkable
 
@@ -113,25 +115,38 @@ class Replayer:
         report = ReplayReport(name)
         batching = destination if isinstance(destination, BatchDestination) else None
         unit_size = batching.batch_size if batching is not None else 1
-        page_size = max(PAGE_SIZE, unit_size * self.concurrency)
-        for page in self.spool.pages(name, dead=dead, due_at=due_at, size=page_size):
-            if stop is not None and stop.is_set():
+        pool = self._pool()
+        # Set by the first retryable failure: units not sent yet are skipped.
+        failed = threading.Event()
+        # Units under way, oldest first. Twice the threads: a thread that finishes finds
+        # the next unit waiting instead of waiting for the slowest of a page.
+        window: deque[Future[list[Outcome]]] = deque()
+        done: list[Outcome] = []
+
+        def settle() -> None:
+            self._settle(name, done, report)
+            if breaker is not None:
+                if failed.is_set():
+                    breaker.failure()
+                elif any(error is None for _, error in done):
+                    breaker.success()
+            done.clear()
+
+        for page in self.spool.pages(name, dead=dead, due_at=due_at, size=max(PAGE_SIZE, unit_size * self.concurrency)):
+            if failed.is_set() or (stop is not None and stop.is_set()):
                 break
             if breaker is not None and not breaker.allow():
                 report.stopped = "circuit open"
                 break
-            failed = threading.Event()
-            units = _units(page, batching) if batching is not None else [[row] for row in page]
-            futures = [self._pool().submit(self._send, destination, unit, failed) for unit in units]
-            results = [result for future in futures for result in future.result()]
-            self._settle(name, results, report)
-            if breaker is not None:
-                if failed.is_set():
-                    breaker.failure()
-                elif report.delivered:
-                    breaker.success()
-            if failed.is_set():
-                break
+            for unit in _units(page, batching) if batching is not None else [[row] for row in page]:
+                window.append(pool.submit(self._send, destination, unit, failed))
+                while len(window) >= 2 * self.concurrency:
+                    done.extend(window.popleft().result())
+                if len(done) >= PAGE_SIZE:
+                    settle()
+        while window:
+            done.extend(window.popleft().result())
+        settle()
         return report
 
     def _send(self, destination: Destination, unit: list[SpooledEvent], failed: threading.Event) -> list[Outcome]:
