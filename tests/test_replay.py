@@ -17,8 +17,8 @@ import pytest
 from webtest import TestApp
 
 from pixel_wsgi import ConfigError, PixelApp
-from pixel_wsgi.destinations import build_destination
 from pixel_wsgi.config import DestinationConfig
+from pixel_wsgi.destinations import build_destination
 from pixel_wsgi.dispatch import CircuitBreaker
 from pixel_wsgi.drain_lock import DrainLock
 from pixel_wsgi.drainer import Drainer
@@ -50,7 +50,9 @@ def event_body(message_id: str, padding: int = 0) -> bytes:
 def fill(spool: Spool, destination: str, count: int, *, padding: int = 0, next_attempt_at: float | None = None) -> list[str]:
     message_ids = [f"m-{number}" for number in range(count)]
     for message_id in message_ids:
-        spool.add(destination, message_id, "web", event_body(message_id, padding), attempts=1, error="down", next_attempt_at=next_attempt_at)
+        spool.add(
+            destination, message_id, "web", event_body(message_id, padding), attempts=1, error="down", next_attempt_at=next_attempt_at
+        )
     return message_ids
 
 
