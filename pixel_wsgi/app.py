@@ -20,15 +20,17 @@ from werkzeug.routing import Map, Rule
 from .config import Config, SourceConfig, load_config
 from .destinations import Destination, Payload
 from .dispatch import Dispatcher
+from .drainer import Drainer
 from .errors import RequestRejected, bad_parameter
 from .event import complete_event
 from .hostlogs import use_gunicorn_error_log
 from .logsafe import log_safe
 from .masking import mask_write_key
 from .parsing import nest, split_query, top_level_name
+from .replay import Replayer
 from .responses import Responses
 from .schemas import EventSchemas, format_errors
-from .spool import Spool
+from .spool import Spool, SpoolFull
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -57,8 +59,12 @@ class PixelApp:
         # Under gunicorn without a logging set-up, our records go to its error log.
         use_gunicorn_error_log()
         self.destinations: Dict[str, Destination] = {name: settings.build() for name, settings in self.config.destinations.items()}
-        self.spool = Spool(self.config.spool.path)
+        self.spool = Spool(self.config.spool.path, self.config.spool.max_bytes)
         self.dispatcher = Dispatcher(self.destinations, self.spool, self.config.dispatch)
+        self.drainer: Drainer | None = None
+        if self.config.spool.drain_interval > 0:
+            replayer = Replayer(self.destinations, self.spool, breakers=self.dispatcher.breakers)
+            self.drainer = Drainer(replayer, self.destinations, self.config.spool.drain_interval)
         self.sources_by_write_key = {source.write_key: source for source in self.config.sources}
         self.schemas = EventSchemas()
         self.responses = Responses(self.config)
@@ -82,6 +88,9 @@ class PixelApp:
         return self.wsgi_app(environ, start_response)
 
     def wsgi_app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if self.drainer is not None:
+            # Started by the first request of each process, after any fork.
+            self.drainer.ensure_running()
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO") or "/"
         endpoint = self._endpoints_by_path.get(path)
@@ -117,7 +126,11 @@ class PixelApp:
                 source = self._source_hint(query)
             return self._reject(rejection, environ, start_response, source)
         payload = Payload(event, source.name)
-        if not self.dispatcher.dispatch(payload, self._destination_names[source.name]):
+        try:
+            safe = self.dispatcher.dispatch(payload, self._destination_names[source.name])
+        except SpoolFull:
+            return self._reject(RequestRejected(503, "spool is full"), environ, start_response, source)
+        if not safe:
             lost = RequestRejected(503, "the event could not be delivered or stored; try again")
             return self._reject(lost, environ, start_response, source)
         return self.responses.success(start_response)
@@ -201,7 +214,9 @@ class PixelApp:
         return self.destinations[name]
 
     def close(self) -> None:
-        """Close every destination's connections and files."""
+        """Stop the drainer; close every destination's connections and files."""
+        if self.drainer is not None:
+            self.drainer.close()
         self.dispatcher.close()
 
     def __repr__(self) -> str:

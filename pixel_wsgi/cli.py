@@ -19,10 +19,11 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.urls import uri_to_iri
 
 from .app import PixelApp
-from .config import CONFIG_ENV_VAR, load_config
+from .config import CONFIG_ENV_VAR, Config, load_config
 from .destinations.sqlite import iter_events
-from .dispatch import Dispatcher
+from .drain_lock import DrainLock
 from .errors import ConfigError
+from .replay import DEFAULT_CONCURRENCY, Replayer
 from .responses import one_line
 from .spool import Spool
 from .version import __version__
@@ -39,6 +40,8 @@ FOLLOW_INTERVAL = 0.5
 # A write key is never logged in full, not even in the access log: whoever reads the
 # log could otherwise send events as that source.
 _WRITE_KEY_IN_QUERY = re.compile(r"((?:^|[?&])writeKey=[^&\s]{0,4})[^&\s]*")
+# sysexits.h EX_TEMPFAIL: another drainer has the spool; the same command works later.
+EX_TEMPFAIL = 75
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,11 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     spool = commands.add_parser("spool", help="inspect and replay undelivered events")
     spool_commands = spool.add_subparsers(dest="spool_command", required=True, metavar="SUBCOMMAND")
-    spool_list = spool_commands.add_parser("list", help="counts per destination, dead or not")
-    _add_config_option(spool_list)
+    spool_list = spool_commands.add_parser("list", help="counts per destination, dead or not, and the spool's size")
+    _add_spool_options(spool_list)
     spool_list.set_defaults(handler=command_spool_list)
     replay = spool_commands.add_parser("replay", help="re-send spooled events; remove what is delivered")
-    _add_config_option(replay)
+    _add_spool_options(replay)
+    replay.add_argument(
+        "--concurrency",
+        type=_positive,
+        default=DEFAULT_CONCURRENCY,
+        metavar="N",
+        help="requests at a time per destination; 1 keeps the spool's order exactly (default: %(default)s)",
+    )
     replay.add_argument("--destination", metavar="NAME", help="only this destination")
     replay.add_argument("--dead", action="store_true", help="also re-send events marked dead")
     replay.set_defaults(handler=command_spool_replay)
@@ -96,6 +106,23 @@ def _port(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be from 0 to 65535, not {value}")
+    return value
+
+
+def _add_spool_options(parser: argparse.ArgumentParser) -> None:
+    _add_config_option(parser)
+    parser.add_argument(
+        "--db",
+        default=DEFAULT_DB,
+        metavar="FILE",
+        help="without --config: the embedded default's event store; its spool is beside it (default: %(default)s)",
+    )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
     return value
 
 
@@ -303,10 +330,32 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _spool_config(args: argparse.Namespace) -> Config:
+    """The configuration whose spool to work on: ``--config``, or the embedded default's."""
+    if args.config:
+        return load_config(args.config)
+    # The write key plays no part in the spool commands; serve's default makes the same spool path.
+    return load_config(default_config("spool-commands", args.db))
+
+
+def _describe_size(spool: Spool) -> str:
+    database, wal = spool.size()
+    text = f"{_bytes(database)} of {_bytes(spool.max_bytes)}"
+    return text + (f" (+ {_bytes(wal)} write-ahead log)" if wal else "")
+
+
+def _bytes(count: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if count < 1024:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count = count / 1024  # type: ignore[assignment]
+    return f"{count:.1f} GiB"
+
+
 def command_spool_list(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config)
-        spool = Spool(config.spool.path)
+        config = _spool_config(args)
+        spool = Spool(config.spool.path, config.spool.max_bytes)
     except ConfigError as exc:
         return _config_failure(exc)
     try:
@@ -320,35 +369,42 @@ def command_spool_list(args: argparse.Namespace) -> int:
         waiting, dead = counts.get(name, (0, 0))
         note = "" if name in config.destinations else "  (not configured)"
         print(f"{name:<{width}}  {waiting:>7}  {dead:>4}{note}")
+    origin = "" if args.config else " (the embedded default's; pass --config for another)"
+    print(f"spool size: {_describe_size(spool)}{origin}")
     return 0
 
 
 def command_spool_replay(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config)
+        config = _spool_config(args)
         if args.destination is not None and args.destination not in config.destinations:
             raise ConfigError(f"--destination: no destination named {args.destination!r} in the configuration")
-        spool = Spool(config.spool.path)
+        spool = Spool(config.spool.path, config.spool.max_bytes)
         destinations = {name: settings.build() for name, settings in config.destinations.items()}
     except ConfigError as exc:
         return _config_failure(exc)
+    if not os.path.exists(spool.path):
+        print(f"the spool {spool.path} is empty")
+        return 0
     if not logging.getLogger().handlers:
-        # Delivery failures are WARNINGs of pixel_wsgi.dispatch: show them on stderr.
+        # Delivery failures are WARNINGs of pixel_wsgi.replay: show them on stderr.
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    dispatcher = Dispatcher(destinations, spool, config.dispatch)
+    lock = DrainLock(spool.path, "pixel-wsgi spool replay")
+    if not lock.acquire():
+        holder = lock.current_holder() or "another drainer"
+        return _fail(f"{spool.path} is being drained by {holder}; nothing was sent. Try again when it is done.", EX_TEMPFAIL)
+    replayer = Replayer(destinations, spool, concurrency=args.concurrency)
     try:
-        if not os.path.exists(spool.path):
-            print(f"the spool {spool.path} is empty")
-            return 0
         names = [args.destination] if args.destination else list(config.destinations)
         for name in names:
-            report = dispatcher.replay(name, dead=args.dead)
+            report = replayer.replay(name, dead=args.dead)
             line = f"{name}: {report.delivered} delivered"
             if report.refused:
                 line += f", {report.refused} refused (kept as dead)"
             if report.stopped:
                 line += f"; stopped: {report.stopped}"
-            print(line)
+            print(line, flush=True)
+        spool.shrink()
         left = 0
         for name, (waiting, dead) in spool.counts().items():
             if args.destination and name != args.destination:
@@ -361,7 +417,11 @@ def command_spool_replay(args: argparse.Namespace) -> int:
         print(f"{left} events left to deliver" if left else "nothing left to deliver")
         return 1 if left else 0
     finally:
-        dispatcher.close()
+        replayer.close()
+        lock.release()
+        for destination in destinations.values():
+            destination.close()
+        spool.close()
 
 
 def _config_failure(exc: Exception) -> int:

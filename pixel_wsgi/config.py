@@ -36,7 +36,7 @@ from .options import (
     StringList,
     flatten_messages,
 )
-from .spool import spool_file_problem
+from .spool import DEFAULT_MAX_BYTES, spool_file_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -65,6 +65,8 @@ class Limits:
 @dataclass(frozen=True)
 class SpoolConfig:
     path: str
+    max_bytes: int
+    drain_interval: float
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,12 @@ class LimitsSchema(OptionsSchema):
 class SpoolSchema(OptionsSchema):
     model = SpoolConfig
     path = NonEmptyString(load_default="pixel-spool.sqlite3")
+    # The database file never grows past this: at the bound an event that would need
+    # the spool is answered 503 rather than filling the disk during a long outage.
+    max_bytes = Integer(load_default=DEFAULT_MAX_BYTES, minimum=1 << 20)
+    # Seconds between background drains of due events; 0 leaves draining to
+    # `pixel-wsgi spool replay`.
+    drain_interval = Number(load_default=30.0, minimum=0)
 
     @validates_schema(skip_on_field_errors=True)
     def _usable(self, data: dict[str, Any], **kwargs: Any) -> None:

@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Mapping
 from .config import DispatchConfig, DispatchSchema, default_settings
 from .destinations import DeliveryError, Destination, Payload
 from .logsafe import log_safe
-from .spool import Spool
+from .spool import Spool, SpoolFull
 
 logger = logging.getLogger(__name__)
 
@@ -123,16 +123,6 @@ class CircuitBreaker:
                     self.failures,
                     self.cooldown,
                 )
-
-
-@dataclass
-class ReplayReport:
-    destination: str
-    delivered: int = 0
-    # Events that the destination refused for good (4xx) during this replay.
-    refused: int = 0
-    # Why replay stopped early for this destination, if it did.
-    stopped: str | None = None
 
 
 class Dispatcher:
@@ -234,6 +224,9 @@ class Dispatcher:
                 dead=dead,
                 wait=None if deadline is None else deadline - time.monotonic(),
             )
+        except SpoolFull:
+            # The app answers "503 spool is full" (and logs it); the client may retry later.
+            raise
         except Exception:  # the spool failing is the one case that costs the client a 503
             logger.exception("the spool could not keep the event for %s (messageId %s)", name, log_safe(payload.message_id))
             return False
@@ -252,41 +245,6 @@ class Dispatcher:
             "" if outcome.attempts == 1 else "s",
             "spooled" if error.retryable else "spooled as dead",
         )
-
-    # -- the spool, for ``pixel-wsgi spool replay`` ------------------------------------
-
-    def replay(self, name: str, *, dead: bool = False) -> ReplayReport:
-        """Re-send a destination's spooled events oldest first; remove each one delivered.
-
-        A retryable failure stops the replay of this destination, so its events keep
-        their order and a destination that is still down is not hammered; a refusal
-        (4xx) marks that event dead and goes on with the next.
-        """
-        assert self.spool is not None
-        destination = self.destinations[name]
-        report = ReplayReport(name)
-        for row in self.spool.events(name, dead=dead):
-            payload = Payload(row.decoded(), row.source, row.event.encode("utf-8"))
-            outcome = self.deliver(destination, payload, time.monotonic() + self.settings.budget)
-            error = outcome.error
-            if error is None:
-                self.spool.remove(row.id)
-                report.delivered += 1
-                continue
-            self._log_failure(name, row.message_id, outcome)
-            self.spool.record_failure(
-                row.id,
-                attempts=outcome.attempts,
-                error=str(error),
-                response=error.response,
-                next_attempt_at=None if not error.retryable else time.time() + outcome.retry_in,
-                dead=row.dead or not error.retryable,
-            )
-            if error.retryable:
-                report.stopped = f"{error} (messageId {row.message_id})"
-                break
-            report.refused += 1
-        return report
 
     def close(self) -> None:
         for destination in self.destinations.values():

@@ -6,6 +6,12 @@ first use, one per thread and per process, never in the constructor: a connectio
 made before gunicorn forks must not be used in a child. ``check()`` opens and closes
 an existing file once at start-up, so an unusable spool is an error then, not a 503
 later.
+
+The spool is bounded: each connection sets SQLite's ``max_page_count`` from
+``max_bytes``, so SQLite itself refuses an insert past the bound (``SpoolFull``) and
+the request path never measures the file. New files use incremental auto-vacuum, and
+``shrink()`` (run after each drain) hands freed pages back to the file system and
+truncates the write-ahead log, so a drained spool is small again.
 """
 
 from __future__ import annotations
@@ -17,14 +23,16 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from .errors import ConfigError
 from .resources import BUSY_TIMEOUT_MS, PerThread, open_wal_database, wait_for_locks_at_most
 
 logger = logging.getLogger(__name__)
 
+# auto_vacuum only takes effect on a file that has no table yet: it comes first.
 SCHEMA = """
+PRAGMA auto_vacuum = INCREMENTAL;
 CREATE TABLE IF NOT EXISTS spool (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     destination TEXT NOT NULL,
@@ -49,6 +57,14 @@ INSERT = (
 )
 # Rows read per query while replaying, so a large spool is never loaded at once.
 PAGE_SIZE = 200
+DEFAULT_MAX_BYTES = 1 << 30
+# A checkpoint leaves the write-ahead log at most this long (SQLite keeps its largest
+# size otherwise: 30 MB after a burst of spooling, for ever).
+JOURNAL_SIZE_LIMIT = 4 << 20
+
+
+class SpoolFull(Exception):
+    """The spool is at ``max_bytes`` (or the disk is full): the event was not stored."""
 
 
 @dataclass
@@ -112,9 +128,22 @@ def spool_file_problem(path: str) -> str | None:
 class Spool:
     """Undelivered events per destination, with attempts, last error and next attempt time."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.path = path
-        self._connections = PerThread(lambda: open_wal_database(self.path, SCHEMA), sqlite3.Connection.close)
+        self.max_bytes = max_bytes
+        self._connections = PerThread(self._open, sqlite3.Connection.close)
+
+    def _open(self) -> sqlite3.Connection:
+        connection = open_wal_database(self.path, SCHEMA)
+        try:
+            page_size = connection.execute("PRAGMA page_size").fetchone()[0]
+            # Both are per connection, not stored in the file: set on every open.
+            connection.execute(f"PRAGMA max_page_count = {max(1, self.max_bytes // page_size)}")
+            connection.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+        except BaseException:
+            connection.close()
+            raise
+        return connection
 
     def check(self) -> None:
         """Raise ``ConfigError`` naming ``spool.path`` if the spool cannot be used."""
@@ -141,17 +170,25 @@ class Spool:
         dead: bool = False,
         wait: float | None = None,
     ) -> None:
-        """Store one event for one destination; raises ``sqlite3.Error`` or ``OSError`` when it cannot.
+        """Store one event for one destination.
 
-        ``wait``: seconds to wait at most for another process's lock (the request's deadline).
+        ``wait``: seconds to wait at most for another process's lock (the request's
+        deadline). Raises ``SpoolFull`` at the bound, ``sqlite3.Error`` or ``OSError``
+        when it cannot store the event otherwise.
         """
         connection = self._connection()
         if wait is not None:
             wait_for_locks_at_most(connection, wait)
-        connection.execute(
-            INSERT,
-            (destination, message_id, source, body.decode("utf-8"), attempts, error, response, next_attempt_at, int(dead), time.time()),
-        )
+        try:
+            connection.execute(
+                INSERT,
+                (destination, message_id, source, body.decode("utf-8"), attempts, error, response, next_attempt_at, int(dead), time.time()),
+            )
+        except sqlite3.OperationalError as exc:
+            # sqlite_errorname is new in Python 3.11; before, the message is all there is.
+            if getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" or "database or disk is full" in str(exc):
+                raise SpoolFull(f"spool {self.path} is full ({self.max_bytes} bytes)") from None
+            raise
 
     # -- replay and inspection -----------------------------------------------------
 
@@ -165,30 +202,47 @@ class Spool:
         return {name: (int(waiting), int(dead)) for name, waiting, dead in rows}
 
     def events(self, destination: str, *, dead: bool = False) -> Iterator[SpooledEvent]:
-        """The rows of one destination, oldest first; with ``dead``, the dead ones too.
+        """The rows of one destination, oldest first; with ``dead``, the dead ones too."""
+        for page in self.pages(destination, dead=dead):
+            yield from page
 
-        Read a page at a time by id, so rows added meanwhile by the server are seen
-        and rows removed meanwhile are simply not there.
+    def pages(
+        self, destination: str, *, dead: bool = False, due_at: float | None = None, size: int = PAGE_SIZE
+    ) -> Iterator[list[SpooledEvent]]:
+        """The rows of one destination, oldest first, ``size`` at a time.
+
+        With ``dead``, the dead ones too; with ``due_at``, only rows whose next attempt
+        time has come by then. Read a page at a time by id, so a large spool is never
+        loaded at once, rows added meanwhile by the server are seen and rows removed
+        meanwhile are simply not there.
         """
         last = 0
         condition = "" if dead else " AND dead = 0"
+        arguments: tuple[Any, ...] = ()
+        if due_at is not None:
+            condition += " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
+            arguments = (due_at,)
+        query = f"SELECT {', '.join(COLUMNS)} FROM spool WHERE destination = ? AND id > ?{condition} ORDER BY id LIMIT ?"
         while True:
-            rows = (
-                self._connection()
-                .execute(
-                    f"SELECT {', '.join(COLUMNS)} FROM spool WHERE destination = ? AND id > ?{condition} ORDER BY id LIMIT ?",
-                    (destination, last, PAGE_SIZE),
-                )
-                .fetchall()
-            )
+            rows = self._connection().execute(query, (destination, last, *arguments, size)).fetchall()
             if not rows:
                 return
-            for row in rows:
-                yield SpooledEvent.from_row(row)
+            yield [SpooledEvent.from_row(row) for row in rows]
             last = rows[-1][0]
 
     def remove(self, row_id: int) -> None:
         self._connection().execute("DELETE FROM spool WHERE id = ?", (row_id,))
+
+    def remove_all(self, row_ids: Iterable[int]) -> None:
+        """Remove these rows in one transaction: one commit for a page of delivered events."""
+        connection = self._connection()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            connection.executemany("DELETE FROM spool WHERE id = ?", ((row_id,) for row_id in row_ids))
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
 
     def record_failure(
         self, row_id: int, *, attempts: int, error: str, response: str | None, next_attempt_at: float | None, dead: bool
@@ -197,6 +251,26 @@ class Spool:
             "UPDATE spool SET attempts = attempts + ?, last_error = ?, response = ?, next_attempt_at = ?, dead = ? WHERE id = ?",
             (attempts, error, response, next_attempt_at, int(dead), row_id),
         )
+
+    def size(self) -> tuple[int, int]:
+        """Bytes on disk: ``(database file, write-ahead log)``; 0 for a file that is not there."""
+        return _file_size(self.path), _file_size(self.path + "-wal")
+
+    def shrink(self) -> None:
+        """Give freed pages back and truncate the write-ahead log (after a drain).
+
+        Best effort: a checkpoint cannot truncate while another process reads, and the
+        next drain tries again. A file made before incremental auto-vacuum is rebuilt
+        once it is empty, which is cheap then and switches it over for good.
+        """
+        connection = self._connection()
+        auto_vacuum = connection.execute("PRAGMA auto_vacuum").fetchone()[0]
+        if auto_vacuum == 0:
+            if connection.execute("SELECT 1 FROM spool LIMIT 1").fetchone() is None:
+                connection.execute("VACUUM")
+        else:
+            connection.execute("PRAGMA incremental_vacuum").fetchall()
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def all(self) -> list[SpooledEvent]:
         """Every row, oldest first (tests and small spools only)."""
@@ -208,3 +282,10 @@ class Spool:
 
     def __repr__(self) -> str:
         return f"<Spool {self.path}>"
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0

@@ -15,3 +15,5 @@ class SegmentOptionsSchema(RudderStackOptionsSchema):
 class SegmentDestination(RudderStackDestination):
     kind = "segment"
     Options = SegmentOptionsSchema
+    #: Segment refuses batch requests over 500 KB.
+    max_batch_bytes = 450_000

@@ -70,6 +70,9 @@ class Recorded:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 drops the SYNs of a replay opening eight or
+    # more connections at once: each would wait a second for the retransmit.
+    request_queue_size = 128
     sink: Sink
 
     def handle_error(self, request: Any, client_address: Any) -> None:
