@@ -1,0 +1,287 @@
+"""Group commit: rows from many request threads written to SQLite by one thread, in few transactions.
+
+A SQLite commit costs far more than the insert it carries (the write lock, the WAL
+frames of every page touched, the shared-memory index), so a store that commits each
+event on its own spends most of a request there. Here one commit at a time runs per
+process, on one connection:
+
+- a request that finds no commit under way and nobody queued commits its own row on
+  its own thread (the common case of a sync worker: handing the row to another
+  thread and waking up again costs more than the commit itself);
+- a request that finds a commit under way queues its row and waits; the process's
+  committer thread then writes every queued row in the next transaction and wakes
+  their requests. No request waits for a timer, and under load the batches grow by
+  themselves.
+
+- **A successful ``insert`` means stored**: it returns only after the COMMIT that
+  included the row (the row is then visible to every other connection and process).
+- **A failed commit fails exactly the rows it carried**: each waiting request gets
+  ``GroupCommitError``; the rows queued after it go into the next transaction. When
+  a batch fails for a reason that belongs to one row (a constraint), the rows are
+  retried one by one so that only that row's request fails.
+- **A request never waits longer than its ``timeout``**: it then gets
+  ``GroupCommitTimeout``. Its row is dropped if the committer has not taken it yet;
+  if it has, the row may still be committed (so the caller may store it twice, which
+  is at-least-once delivery; it never loses it).
+- **Nothing is opened in the constructor**: the connection opens on the first
+  ``insert`` of each process and the committer thread starts on the first row that
+  has to queue (gunicorn forks after building the app); there is one connection per
+  process whatever the number of request threads, so a thread-per-request server
+  cannot pile up connections.
+- **``close()`` drains**: rows queued before it are committed, then the thread ends
+  and the connection is closed; a later ``insert`` starts a new committer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from _thread import allocate_lock
+from queue import Empty, SimpleQueue
+from typing import Any, Callable, Sequence, Union
+
+from .resources import open_wal_database
+
+logger = logging.getLogger(__name__)
+
+# Rows per transaction at most: bounds how long one commit holds the write lock
+# (other worker processes wait for it) and how much one failure takes down.
+MAX_BATCH = 500
+# How long ``insert`` waits when its caller gives no limit.
+DEFAULT_TIMEOUT = 30.0
+# How long ``close()`` waits for the queued rows to be committed.
+CLOSE_TIMEOUT = 10.0
+# Errors that belong to one row, not to the database: retrying the batch row by
+# row then commits every row but the offending one.
+ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError, sqlite3.ProgrammingError)
+
+Row = Sequence[Any]
+
+
+class GroupCommitError(Exception):
+    """The row was not stored: the transaction that carried it failed."""
+
+
+class GroupCommitTimeout(GroupCommitError):
+    """The row's commit did not complete within the caller's timeout."""
+
+
+def describe(error: Exception) -> str:
+    return str(error) or type(error).__name__
+
+
+class _Pending:
+    """One row on its way to the database and the lock its request thread waits on."""
+
+    __slots__ = ("row", "done", "error", "cancelled")
+
+    def __init__(self, row: Row) -> None:
+        self.row = row
+        # A bare lock, taken now and released by the committer: the cheapest
+        # one-shot signal between two threads (an Event builds a Condition).
+        self.done = allocate_lock()
+        self.done.acquire()
+        self.error: str | None = None
+        self.cancelled = False
+
+
+class _Stop:
+    """Queued by ``close()``: the committer ends after the rows queued before it."""
+
+
+_Item = Union[_Pending, _Stop]
+
+
+class GroupCommitter:
+    """Inserts rows into the SQLite database at ``path``: one commit at a time per process.
+
+    ``schema`` is applied when the connection opens (``CREATE ... IF NOT EXISTS``);
+    ``insert_sql`` is the parameterized INSERT each row is executed with.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        schema: str,
+        insert_sql: str,
+        *,
+        max_batch: int = MAX_BATCH,
+        connect: Callable[[str, str], sqlite3.Connection] = open_wal_database,
+    ) -> None:
+        self.path = path
+        self.schema = schema
+        self.insert_sql = insert_sql
+        self.max_batch = max_batch
+        self._connect = connect
+        # Held for the length of one transaction (or opening the connection): the
+        # one-commit-at-a-time rule. Requests never wait on it; they queue instead.
+        self._commit_lock = threading.Lock()
+        self._connection: sqlite3.Connection | None = None
+        self._connection_pid: int | None = None
+        # The queue and committer thread of the process that started them.
+        self._pid: int | None = None
+        self._queue: SimpleQueue[_Item] | None = None
+        self._thread: threading.Thread | None = None
+        # Taken to start or stop the committer thread, never per row.
+        self._lifecycle = threading.Lock()
+
+    # -- the request path ------------------------------------------------------
+
+    def insert(self, row: Row, timeout: float | None = None) -> None:
+        """Store ``row``; return once it is committed, or raise ``GroupCommitError``."""
+        queue = self._queue if self._pid == os.getpid() else None
+        if (queue is None or queue.empty()) and self._commit_lock.acquire(blocking=False):
+            # Nobody committing and nobody queued: this thread commits its own row.
+            try:
+                error = self._commit_rows([row])
+            finally:
+                self._commit_lock.release()
+            if error is not None:
+                raise GroupCommitError(f"sqlite {self.path}: {describe(error)}") from error
+            return
+        if queue is None:
+            queue = self._start()
+        pending = _Pending(row)
+        queue.put(pending)
+        wait = DEFAULT_TIMEOUT if timeout is None else max(0.0, timeout)
+        if not pending.done.acquire(timeout=wait):
+            # Best effort: the committer skips a cancelled row it has not taken yet.
+            pending.cancelled = True
+            raise GroupCommitTimeout(f"sqlite {self.path}: not committed within {wait:.3f}s")
+        if pending.error is not None:
+            raise GroupCommitError(f"sqlite {self.path}: {pending.error}")
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def _start(self) -> SimpleQueue[_Item]:
+        with self._lifecycle:
+            pid = os.getpid()
+            if self._pid != pid or self._queue is None:
+                # A committer inherited through fork has no thread in this process:
+                # start this process's own.
+                queue: SimpleQueue[_Item] = SimpleQueue()
+                thread = threading.Thread(target=self._run, args=(queue,), name=f"pixel-wsgi group commit {self.path}", daemon=True)
+                thread.start()
+                self._queue, self._thread, self._pid = queue, thread, pid
+            return self._queue
+
+    def close(self) -> None:
+        """Commit what is queued, then stop the thread and close this process's connection."""
+        with self._lifecycle:
+            pid = os.getpid()
+            if self._pid == pid and self._queue is not None and self._thread is not None:
+                queue, thread = self._queue, self._thread
+                self._pid = self._queue = self._thread = None
+                queue.put(_Stop())
+                thread.join(CLOSE_TIMEOUT)
+                # A row put after the stop marker has no committer left: fail it now
+                # rather than let its request wait out its timeout.
+                while True:
+                    try:
+                        item = queue.get_nowait()
+                    except Empty:
+                        break
+                    if isinstance(item, _Pending):
+                        item.error = "the store was closed before this row was committed"
+                        item.done.release()
+            self._pid = self._queue = self._thread = None
+        with self._commit_lock:
+            connection, self._connection = self._connection, None
+            # One inherited through fork is the parent's: leave its file alone.
+            if connection is not None and self._connection_pid == pid:
+                connection.close()
+
+    @property
+    def running(self) -> bool:
+        """Whether this process has a committer thread (for tests and diagnostics)."""
+        return self._pid == os.getpid() and self._thread is not None and self._thread.is_alive()
+
+    # -- committing (always under the commit lock) --------------------------------
+
+    def _run(self, queue: SimpleQueue[_Item]) -> None:
+        """The committer thread: each turn, every queued row in one transaction."""
+        while True:
+            batch: list[_Pending] = []
+            stop = False
+            item = queue.get()
+            while True:
+                if isinstance(item, _Stop):
+                    stop = True
+                    break
+                batch.append(item)
+                if len(batch) >= self.max_batch:
+                    break
+                try:
+                    item = queue.get_nowait()
+                except Empty:
+                    break
+            live = [pending for pending in batch if not pending.cancelled]
+            if live:
+                with self._commit_lock:
+                    errors = self._commit_batch([pending.row for pending in live])
+                for pending, error in zip(live, errors):
+                    if error is not None:
+                        pending.error = describe(error)
+                    pending.done.release()
+            if stop:
+                return
+
+    def _commit_batch(self, rows: list[Row]) -> list[Exception | None]:
+        """Commit ``rows`` in one transaction; the error of each row (``None``: stored)."""
+        error = self._commit_rows(rows)
+        if error is None:
+            return [None] * len(rows)
+        if len(rows) > 1 and isinstance(error, ROW_ERRORS):
+            # One row's fault (a constraint): the others must not fail with it.
+            logger.warning("sqlite %s: a batch of %d rows failed (%s); retrying them one by one", self.path, len(rows), error)
+            return [self._commit_rows([row]) for row in rows]
+        return [error] * len(rows)
+
+    def _commit_rows(self, rows: list[Row]) -> Exception | None:
+        """One transaction with ``rows``; the failure, or ``None`` when committed."""
+        try:
+            connection = self._connection_here()
+            if len(rows) == 1:
+                # A lone row in autocommit: one statement, one implicit transaction.
+                connection.execute(self.insert_sql, rows[0])
+                return None
+            # IMMEDIATE takes the write lock up front, so a busy database (another
+            # process committing) is waited for at BEGIN, under the busy timeout.
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                connection.executemany(self.insert_sql, rows)
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    try:
+                        connection.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # the failure that brought us here is the one to report
+                raise
+        except Exception as exc:  # sqlite3.Error, OSError: told to every request of the batch
+            if self._connection is not None and not self._usable(self._connection):
+                self._connection.close()
+                self._connection = None  # opened again for the next transaction
+            return exc
+        return None
+
+    def _connection_here(self) -> sqlite3.Connection:
+        pid = os.getpid()
+        if self._connection is None or self._connection_pid != pid:
+            # A connection inherited through fork must never be used in the child.
+            self._connection = self._connect(self.path, self.schema)
+            self._connection_pid = pid
+        return self._connection
+
+    @staticmethod
+    def _usable(connection: sqlite3.Connection) -> bool:
+        try:
+            connection.execute("SELECT 1").fetchone()
+        except sqlite3.Error:
+            return False
+        return True
+
+    def __repr__(self) -> str:
+        return f"<GroupCommitter {self.path}>"
