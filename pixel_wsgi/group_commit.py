@@ -38,11 +38,12 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from _thread import allocate_lock
 from queue import Empty, SimpleQueue
 from typing import Any, Callable, Sequence, Union
 
-from .resources import open_wal_database
+from .resources import BUSY_TIMEOUT_MS, open_wal_database
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +76,12 @@ def describe(error: Exception) -> str:
 class _Pending:
     """One row on its way to the database and the lock its request thread waits on."""
 
-    __slots__ = ("row", "done", "error", "cancelled")
+    __slots__ = ("row", "deadline", "done", "error", "cancelled")
 
-    def __init__(self, row: Row) -> None:
+    def __init__(self, row: Row, deadline: float) -> None:
         self.row = row
+        # time.monotonic() after which its request no longer waits.
+        self.deadline = deadline
         # A bare lock, taken now and released by the committer: the cheapest
         # one-shot signal between two threads (an Event builds a Condition).
         self.done = allocate_lock()
@@ -120,6 +123,8 @@ class GroupCommitter:
         self._commit_lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
         self._connection_pid: int | None = None
+        # The connection's busy timeout now (set per transaction from the waiters' time).
+        self._busy_ms = BUSY_TIMEOUT_MS
         # The queue and committer thread of the process that started them.
         self._pid: int | None = None
         self._queue: SimpleQueue[_Item] | None = None
@@ -135,7 +140,7 @@ class GroupCommitter:
         if (queue is None or queue.empty()) and self._commit_lock.acquire(blocking=False):
             # Nobody committing and nobody queued: this thread commits its own row.
             try:
-                error = self._commit_rows([row])
+                error = self._commit_lone_row(row, DEFAULT_TIMEOUT if timeout is None else timeout)
             finally:
                 self._commit_lock.release()
             if error is not None:
@@ -143,9 +148,9 @@ class GroupCommitter:
             return
         if queue is None:
             queue = self._start()
-        pending = _Pending(row)
-        queue.put(pending)
         wait = DEFAULT_TIMEOUT if timeout is None else max(0.0, timeout)
+        pending = _Pending(row, time.monotonic() + wait)
+        queue.put(pending)
         if not pending.done.acquire(timeout=wait):
             # Best effort: the committer skips a cancelled row it has not taken yet.
             pending.cancelled = True
@@ -219,8 +224,11 @@ class GroupCommitter:
                     break
             live = [pending for pending in batch if not pending.cancelled]
             if live:
+                # Waiting for another process's lock is worth it only while
+                # someone still waits for the answer.
+                patience = max(pending.deadline for pending in live) - time.monotonic()
                 with self._commit_lock:
-                    errors = self._commit_batch([pending.row for pending in live])
+                    errors = self._commit_batch(live, patience)
                 for pending, error in zip(live, errors):
                     if error is not None:
                         pending.error = describe(error)
@@ -228,29 +236,37 @@ class GroupCommitter:
             if stop:
                 return
 
-    def _commit_batch(self, rows: list[Row]) -> list[Exception | None]:
-        """Commit ``rows`` in one transaction; the error of each row (``None``: stored)."""
-        error = self._commit_rows(rows)
+    def _commit_batch(self, batch: list[_Pending], patience: float) -> list[Exception | None]:
+        """Commit the rows of ``batch`` in one transaction; the error of each (``None``: stored)."""
+        error = self._commit_rows(batch, patience)
         if error is None:
-            return [None] * len(rows)
-        if len(rows) > 1 and isinstance(error, ROW_ERRORS):
+            return [None] * len(batch)
+        if len(batch) > 1 and isinstance(error, ROW_ERRORS):
             # One row's fault (a constraint): the others must not fail with it.
-            logger.warning("sqlite %s: a batch of %d rows failed (%s); retrying them one by one", self.path, len(rows), error)
-            return [self._commit_rows([row]) for row in rows]
-        return [error] * len(rows)
+            logger.warning("sqlite %s: a batch of %d rows failed (%s); retrying them one by one", self.path, len(batch), error)
+            return [self._commit_rows([pending], patience) for pending in batch]
+        return [error] * len(batch)
 
-    def _commit_rows(self, rows: list[Row]) -> Exception | None:
-        """One transaction with ``rows``; the failure, or ``None`` when committed."""
+    def _commit_lone_row(self, row: Row, patience: float) -> Exception | None:
+        """The caller's own row, in autocommit: one statement, one implicit transaction."""
         try:
-            connection = self._connection_here()
-            if len(rows) == 1:
-                # A lone row in autocommit: one statement, one implicit transaction.
-                connection.execute(self.insert_sql, rows[0])
-                return None
+            self._connection_for(patience).execute(self.insert_sql, row)
+        except Exception as exc:  # sqlite3.Error, OSError: the caller is told
+            self._drop_broken_connection()
+            return exc
+        return None
+
+    def _commit_rows(self, batch: list[_Pending], patience: float) -> Exception | None:
+        """One transaction with the rows of ``batch``; the failure, or ``None`` when committed."""
+        try:
+            connection = self._connection_for(patience)
             # IMMEDIATE takes the write lock up front, so a busy database (another
-            # process committing) is waited for at BEGIN, under the busy timeout.
+            # process committing) is waited for here, under the busy timeout.
             connection.execute("BEGIN IMMEDIATE")
             try:
+                # Rows whose request gave up while the lock was awaited are left
+                # out: their request was told they are not stored (and spools them).
+                rows = [pending.row for pending in batch if not pending.cancelled]
                 connection.executemany(self.insert_sql, rows)
                 connection.execute("COMMIT")
             except BaseException:
@@ -261,11 +277,26 @@ class GroupCommitter:
                         pass  # the failure that brought us here is the one to report
                 raise
         except Exception as exc:  # sqlite3.Error, OSError: told to every request of the batch
-            if self._connection is not None and not self._usable(self._connection):
-                self._connection.close()
-                self._connection = None  # opened again for the next transaction
+            self._drop_broken_connection()
             return exc
         return None
+
+    def _connection_for(self, patience: float) -> sqlite3.Connection:
+        """This process's connection, waiting at most ``patience`` seconds for another's lock.
+
+        That bound (SQLite's busy timeout) keeps a request from being held past its budget.
+        """
+        connection = self._connection_here()
+        busy_ms = max(1, min(BUSY_TIMEOUT_MS, int(patience * 1000)))
+        if busy_ms != self._busy_ms:
+            connection.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            self._busy_ms = busy_ms
+        return connection
+
+    def _drop_broken_connection(self) -> None:
+        if self._connection is not None and not self._usable(self._connection):
+            self._connection.close()
+            self._connection = None  # opened again for the next transaction
 
     def _connection_here(self) -> sqlite3.Connection:
         pid = os.getpid()
@@ -273,6 +304,7 @@ class GroupCommitter:
             # A connection inherited through fork must never be used in the child.
             self._connection = self._connect(self.path, self.schema)
             self._connection_pid = pid
+            self._busy_ms = BUSY_TIMEOUT_MS
         return self._connection
 
     @staticmethod
