@@ -30,6 +30,12 @@ process, on one connection:
   cannot pile up connections.
 - **``close()`` drains**: rows queued before it are committed, then the thread ends
   and the connection is closed; a later ``insert`` starts a new committer.
+- **Checkpoints are off the request path**: SQLite's automatic checkpoint would copy
+  the WAL into the database inside whichever commit crosses its threshold (several
+  milliseconds, once every few thousand events: the slowest requests). The store's
+  connection turns it off, and every ``CHECKPOINT_EVERY`` commits a background thread
+  of the process runs a PASSIVE checkpoint on a connection of its own (it blocks no
+  writer or reader; SQLite releases the GIL while it copies).
 """
 
 from __future__ import annotations
@@ -54,6 +60,9 @@ MAX_BATCH = 500
 DEFAULT_TIMEOUT = 30.0
 # How long ``close()`` waits for the queued rows to be committed.
 CLOSE_TIMEOUT = 10.0
+# Commits between two checkpoints: at one or two WAL frames per commit this stays
+# below SQLite's own default of 1000 frames, so the WAL file stays a few MB.
+CHECKPOINT_EVERY = 250
 # Errors that belong to one row, not to the database: retrying the batch row by
 # row then commits every row but the offending one.
 ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError, sqlite3.ProgrammingError)
@@ -131,6 +140,11 @@ class GroupCommitter:
         self._thread: threading.Thread | None = None
         # Taken to start or stop the committer thread, never per row.
         self._lifecycle = threading.Lock()
+        # The checkpointer thread of this process, woken every CHECKPOINT_EVERY commits.
+        self._commits_since_checkpoint = 0
+        self._checkpoint_wanted: threading.Event | None = None
+        self._checkpointer: threading.Thread | None = None
+        self._checkpointer_pid: int | None = None
 
     # -- the request path ------------------------------------------------------
 
@@ -173,9 +187,16 @@ class GroupCommitter:
             return self._queue
 
     def close(self) -> None:
-        """Commit what is queued, then stop the thread and close this process's connection."""
+        """Commit what is queued, then stop the threads and close this process's connection."""
         with self._lifecycle:
             pid = os.getpid()
+            if self._checkpointer_pid == pid and self._checkpointer is not None and self._checkpoint_wanted is not None:
+                checkpointer, wanted = self._checkpointer, self._checkpoint_wanted
+                self._checkpointer = self._checkpoint_wanted = self._checkpointer_pid = None
+                # Stopped by setting the event it waits on with no event to wait on next.
+                wanted.set()
+                checkpointer.join(CLOSE_TIMEOUT)
+            self._checkpointer = self._checkpoint_wanted = self._checkpointer_pid = None
             if self._pid == pid and self._queue is not None and self._thread is not None:
                 queue, thread = self._queue, self._thread
                 self._pid = self._queue = self._thread = None
@@ -254,6 +275,7 @@ class GroupCommitter:
         except Exception as exc:  # sqlite3.Error, OSError: the caller is told
             self._drop_broken_connection()
             return exc
+        self._committed()
         return None
 
     def _commit_rows(self, batch: list[_Pending], patience: float) -> Exception | None:
@@ -279,7 +301,53 @@ class GroupCommitter:
         except Exception as exc:  # sqlite3.Error, OSError: told to every request of the batch
             self._drop_broken_connection()
             return exc
+        self._committed()
         return None
+
+    # -- checkpoints (a thread of their own) ---------------------------------------
+
+    def _committed(self) -> None:
+        """Count a commit (under the commit lock); every CHECKPOINT_EVERY, wake the checkpointer."""
+        self._commits_since_checkpoint += 1
+        if self._commits_since_checkpoint < CHECKPOINT_EVERY:
+            return
+        self._commits_since_checkpoint = 0
+        wanted = self._checkpoint_wanted if self._checkpointer_pid == os.getpid() else None
+        if wanted is None:
+            wanted = self._start_checkpointer()
+        wanted.set()
+
+    def _start_checkpointer(self) -> threading.Event:
+        with self._lifecycle:
+            pid = os.getpid()
+            if self._checkpointer_pid != pid or self._checkpoint_wanted is None:
+                wanted = threading.Event()
+                thread = threading.Thread(
+                    target=self._checkpoint_loop, args=(wanted,), name=f"pixel-wsgi checkpoint {self.path}", daemon=True
+                )
+                thread.start()
+                self._checkpoint_wanted, self._checkpointer, self._checkpointer_pid = wanted, thread, pid
+            return self._checkpoint_wanted
+
+    def _checkpoint_loop(self, wanted: threading.Event) -> None:
+        connection: sqlite3.Connection | None = None
+        try:
+            while True:
+                wanted.wait()
+                wanted.clear()
+                if self._checkpoint_wanted is not wanted:  # close() stopped this one
+                    return
+                try:
+                    if connection is None:
+                        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+                    # PASSIVE copies what it can without waiting for writers or readers;
+                    # what is left is copied next time.
+                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error as exc:
+                    logger.debug("sqlite %s: checkpoint failed (%s); trying again later", self.path, exc)
+        finally:
+            if connection is not None:
+                connection.close()
 
     def _connection_for(self, patience: float) -> sqlite3.Connection:
         """This process's connection, waiting at most ``patience`` seconds for another's lock.
@@ -287,7 +355,9 @@ class GroupCommitter:
         That bound (SQLite's busy timeout) keeps a request from being held past its budget.
         """
         connection = self._connection_here()
-        busy_ms = max(1, min(BUSY_TIMEOUT_MS, int(patience * 1000)))
+        # Rounded down to 100 ms: the remaining budget differs on every request, and
+        # setting the same value again is a statement per commit for nothing.
+        busy_ms = max(1, min(BUSY_TIMEOUT_MS, int(patience * 10) * 100))
         if busy_ms != self._busy_ms:
             connection.execute(f"PRAGMA busy_timeout = {busy_ms}")
             self._busy_ms = busy_ms
@@ -305,6 +375,8 @@ class GroupCommitter:
             self._connection = self._connect(self.path, self.schema)
             self._connection_pid = pid
             self._busy_ms = BUSY_TIMEOUT_MS
+            # Checkpoints are the checkpointer thread's job, never a commit's.
+            self._connection.execute("PRAGMA wal_autocheckpoint = 0")
         return self._connection
 
     @staticmethod

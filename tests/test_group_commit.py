@@ -19,7 +19,7 @@ import pytest
 from pixel_wsgi import PixelApp
 from pixel_wsgi.destinations import DeliveryError, Payload
 from pixel_wsgi.destinations.sqlite import INSERT, SCHEMA, SQLiteDestination, read_events
-from pixel_wsgi.group_commit import GroupCommitError, GroupCommitter, GroupCommitTimeout
+from pixel_wsgi.group_commit import CHECKPOINT_EVERY, GroupCommitError, GroupCommitter, GroupCommitTimeout
 from pixel_wsgi.resources import open_wal_database
 from tests.support.processes import environment
 
@@ -266,6 +266,23 @@ def test_a_thread_per_request_server_keeps_one_connection(database: Path) -> Non
     assert len(stored_ids(database)) == 50
 
 
+def test_checkpoints_run_beside_the_commits(database: Path) -> None:
+    """The WAL is copied into the database by the checkpointer thread, not inside a request's commit."""
+    writer = GroupCommitter(str(database), SCHEMA, INSERT)
+    try:
+        size_before = database.stat().st_size
+        for number in range(3 * CHECKPOINT_EVERY):
+            writer.insert(row(f"m-{number}", "x" * 2000))
+        assert writer._connection is not None
+        assert writer._connection.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+        # Rows reach the database file only through a checkpoint.
+        wait_until(lambda: database.stat().st_size > size_before + 100 * 4096)
+        assert len(stored_ids(database)) == 3 * CHECKPOINT_EVERY
+    finally:
+        writer.close()
+    assert writer._checkpointer is None
+
+
 WRITER = """
 import sys, sqlite3, threading
 from pixel_wsgi.destinations import Payload
@@ -302,7 +319,8 @@ def test_two_processes_of_four_threads(tmp_path: Path) -> None:
     """Two worker processes at once: every delivered event is readable right after, none lost."""
     path = str(tmp_path / "events.sqlite3")
     processes = [
-        subprocess.Popen([sys.executable, "-c", WRITER, path, f"p{worker}"], env=environment(), stderr=subprocess.PIPE) for worker in range(2)
+        subprocess.Popen([sys.executable, "-c", WRITER, path, f"p{worker}"], env=environment(), stderr=subprocess.PIPE)
+        for worker in range(2)
     ]
     try:
         for process in processes:
