@@ -1,41 +1,47 @@
-"""Group commit: rows from many request threads written to SQLite by one thread, in few transactions.
+"""Group commit: rows from many request threads written to SQLite in few transactions.
 
 A SQLite commit costs far more than the insert it carries (the write lock, the WAL
 frames of every page touched, the shared-memory index), so a store that commits each
-event on its own spends most of a request there. Here one commit at a time runs per
-process, on one connection:
+event on its own spends most of a request there; and threads that each take SQLite's
+write lock in turn wait for each other in SQLite's busy handler, which sleeps in
+steps of milliseconds. Here one commit at a time runs per process, on one
+connection, and it runs on a request's own thread (handing a row to another thread
+and waking up again costs about as much as the commit itself):
 
-- a request that finds no commit under way and nobody queued commits its own row on
-  its own thread (the common case of a sync worker: handing the row to another
-  thread and waking up again costs more than the commit itself);
-- a request that finds a commit under way queues its row and waits; the process's
-  committer thread then writes every queued row in the next transaction and wakes
-  their requests. No request waits for a timer, and under load the batches grow by
-  themselves.
+- a request that finds no commit under way and nobody queued commits its own row;
+- a request that finds a commit under way queues its row and waits. Whoever holds
+  the commit turn, when done, takes every queued row into one more transaction and
+  wakes their requests. No request waits for a timer, and under load the batches
+  grow by themselves.
+
+The rules:
 
 - **A successful ``insert`` means stored**: it returns only after the COMMIT that
   included the row (the row is then visible to every other connection and process).
-- **A failed commit fails exactly the rows it carried**: each waiting request gets
-  ``GroupCommitError``; the rows queued after it go into the next transaction. When
-  a batch fails for a reason that belongs to one row (a constraint), the rows are
-  retried one by one so that only that row's request fails.
+- **A failed commit fails exactly the rows it carried**: each of their requests gets
+  ``GroupCommitError``; rows queued later go into the next transaction. When a batch
+  fails for a reason that belongs to one row (a constraint), the rows are retried
+  one by one so that only that row's request fails.
 - **A request never waits longer than its ``timeout``**: it then gets
-  ``GroupCommitTimeout``. Its row is dropped if the committer has not taken it yet;
-  if it has, the row may still be committed (so the caller may store it twice, which
-  is at-least-once delivery; it never loses it).
+  ``GroupCommitTimeout``, and SQLite's busy timeout is cut to what the waiting
+  requests have left. A row given up on is left out if its transaction has not
+  inserted it yet; if it has, the row may still be committed (the caller may store
+  it twice, which is at-least-once delivery; it is never lost).
+- **No row is stranded**: a request that queues its row then tries to take the turn
+  itself, and whoever gives the turn up looks at the queue again, so a queued row
+  always has someone to commit it.
 - **Nothing is opened in the constructor**: the connection opens on the first
-  ``insert`` of each process and the committer thread starts on the first row that
-  has to queue (gunicorn forks after building the app); there is one connection per
-  process whatever the number of request threads, so a thread-per-request server
-  cannot pile up connections.
-- **``close()`` drains**: rows queued before it are committed, then the thread ends
-  and the connection is closed; a later ``insert`` starts a new committer.
+  ``insert`` of each process (gunicorn forks after building the app); there is one
+  connection per process whatever the number of request threads, so a
+  thread-per-request server cannot pile up connections.
+- **``close()`` drains**: rows queued before it are committed, then the connection is
+  closed; a later ``insert`` opens a new one.
 - **Checkpoints are off the request path**: SQLite's automatic checkpoint would copy
   the WAL into the database inside whichever commit crosses its threshold (several
   milliseconds, once every few thousand events: the slowest requests). The store's
   connection turns it off, and every ``CHECKPOINT_EVERY`` commits a background thread
-  of the process runs a PASSIVE checkpoint on a connection of its own (it blocks no
-  writer or reader; SQLite releases the GIL while it copies).
+  of the process (started then) runs a PASSIVE checkpoint on a connection of its own
+  (it blocks no writer or reader, and SQLite releases the GIL while it copies).
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ import threading
 import time
 from _thread import allocate_lock
 from queue import Empty, SimpleQueue
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Sequence
 
 from .resources import BUSY_TIMEOUT_MS, open_wal_database
 
@@ -58,7 +64,7 @@ logger = logging.getLogger(__name__)
 MAX_BATCH = 500
 # How long ``insert`` waits when its caller gives no limit.
 DEFAULT_TIMEOUT = 30.0
-# How long ``close()`` waits for the queued rows to be committed.
+# How long ``close()`` waits for the checkpointer thread to end.
 CLOSE_TIMEOUT = 10.0
 # Commits between two checkpoints: at one or two WAL frames per commit this stays
 # below SQLite's own default of 1000 frames, so the WAL file stays a few MB.
@@ -99,13 +105,6 @@ class _Pending:
         self.cancelled = False
 
 
-class _Stop:
-    """Queued by ``close()``: the committer ends after the rows queued before it."""
-
-
-_Item = Union[_Pending, _Stop]
-
-
 class GroupCommitter:
     """Inserts rows into the SQLite database at ``path``: one commit at a time per process.
 
@@ -127,18 +126,17 @@ class GroupCommitter:
         self.insert_sql = insert_sql
         self.max_batch = max_batch
         self._connect = connect
-        # Held for the length of one transaction (or opening the connection): the
-        # one-commit-at-a-time rule. Requests never wait on it; they queue instead.
+        # The turn to commit: held for one transaction (and opening the connection).
+        # Requests never block on it; they queue their row instead.
         self._commit_lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
         self._connection_pid: int | None = None
         # The connection's busy timeout now (set per transaction from the waiters' time).
         self._busy_ms = BUSY_TIMEOUT_MS
-        # The queue and committer thread of the process that started them.
-        self._pid: int | None = None
-        self._queue: SimpleQueue[_Item] | None = None
-        self._thread: threading.Thread | None = None
-        # Taken to start or stop the committer thread, never per row.
+        # Rows waiting for the turn, per process (made on first use, after the fork).
+        self._queue: SimpleQueue[_Pending] | None = None
+        self._queue_pid: int | None = None
+        # Taken to make the queue or start and stop the checkpointer, never per row.
         self._lifecycle = threading.Lock()
         # The checkpointer thread of this process, woken every CHECKPOINT_EVERY commits.
         self._commits_since_checkpoint = 0
@@ -150,112 +148,109 @@ class GroupCommitter:
 
     def insert(self, row: Row, timeout: float | None = None) -> None:
         """Store ``row``; return once it is committed, or raise ``GroupCommitError``."""
-        queue = self._queue if self._pid == os.getpid() else None
-        if (queue is None or queue.empty()) and self._commit_lock.acquire(blocking=False):
+        wait = DEFAULT_TIMEOUT if timeout is None else max(0.0, timeout)
+        queue = self._queue if self._queue_pid == os.getpid() else None
+        if queue is None:
+            queue = self._new_queue()
+        if queue.empty() and self._commit_lock.acquire(blocking=False):
             # Nobody committing and nobody queued: this thread commits its own row.
             try:
-                error = self._commit_lone_row(row, DEFAULT_TIMEOUT if timeout is None else timeout)
+                error = self._commit_lone_row(row, wait)
             finally:
                 self._commit_lock.release()
+            self._serve(queue)
             if error is not None:
                 raise GroupCommitError(f"sqlite {self.path}: {describe(error)}") from error
             return
-        if queue is None:
-            queue = self._start()
-        wait = DEFAULT_TIMEOUT if timeout is None else max(0.0, timeout)
         pending = _Pending(row, time.monotonic() + wait)
         queue.put(pending)
+        # The turn may have been given up between the look above and the put.
+        self._serve(queue)
         if not pending.done.acquire(timeout=wait):
-            # Best effort: the committer skips a cancelled row it has not taken yet.
+            # Left out if its transaction has not inserted it yet.
             pending.cancelled = True
             raise GroupCommitTimeout(f"sqlite {self.path}: not committed within {wait:.3f}s")
         if pending.error is not None:
             raise GroupCommitError(f"sqlite {self.path}: {pending.error}")
 
+    @property
+    def queued(self) -> int:
+        """Rows waiting for a commit in this process (for tests and diagnostics)."""
+        queue = self._queue if self._queue_pid == os.getpid() else None
+        return 0 if queue is None else queue.qsize()
+
     # -- lifecycle -------------------------------------------------------------
 
-    def _start(self) -> SimpleQueue[_Item]:
+    def _new_queue(self) -> SimpleQueue[_Pending]:
         with self._lifecycle:
             pid = os.getpid()
-            if self._pid != pid or self._queue is None:
-                # A committer inherited through fork has no thread in this process:
-                # start this process's own.
-                queue: SimpleQueue[_Item] = SimpleQueue()
-                thread = threading.Thread(target=self._run, args=(queue,), name=f"pixel-wsgi group commit {self.path}", daemon=True)
-                thread.start()
-                self._queue, self._thread, self._pid = queue, thread, pid
+            if self._queue_pid != pid or self._queue is None:
+                # One inherited through fork belongs to the parent's threads.
+                self._queue, self._queue_pid = SimpleQueue(), pid
             return self._queue
 
     def close(self) -> None:
-        """Commit what is queued, then stop the threads and close this process's connection."""
+        """Commit what is queued, stop the checkpointer and close this process's connection."""
+        pid = os.getpid()
         with self._lifecycle:
-            pid = os.getpid()
             if self._checkpointer_pid == pid and self._checkpointer is not None and self._checkpoint_wanted is not None:
                 checkpointer, wanted = self._checkpointer, self._checkpoint_wanted
                 self._checkpointer = self._checkpoint_wanted = self._checkpointer_pid = None
-                # Stopped by setting the event it waits on with no event to wait on next.
+                # Woken with no event of its own any more, the thread ends.
                 wanted.set()
                 checkpointer.join(CLOSE_TIMEOUT)
             self._checkpointer = self._checkpoint_wanted = self._checkpointer_pid = None
-            if self._pid == pid and self._queue is not None and self._thread is not None:
-                queue, thread = self._queue, self._thread
-                self._pid = self._queue = self._thread = None
-                queue.put(_Stop())
-                thread.join(CLOSE_TIMEOUT)
-                # A row put after the stop marker has no committer left: fail it now
-                # rather than let its request wait out its timeout.
-                while True:
-                    try:
-                        item = queue.get_nowait()
-                    except Empty:
-                        break
-                    if isinstance(item, _Pending):
-                        item.error = "the store was closed before this row was committed"
-                        item.done.release()
-            self._pid = self._queue = self._thread = None
+        queue = self._queue if self._queue_pid == pid else None
         with self._commit_lock:
+            if queue is not None:
+                while True:
+                    batch = self._take(queue)
+                    if not batch:
+                        break
+                    self._commit_and_wake(batch)
             connection, self._connection = self._connection, None
             # One inherited through fork is the parent's: leave its file alone.
             if connection is not None and self._connection_pid == pid:
                 connection.close()
 
-    @property
-    def running(self) -> bool:
-        """Whether this process has a committer thread (for tests and diagnostics)."""
-        return self._pid == os.getpid() and self._thread is not None and self._thread.is_alive()
+    # -- committing ------------------------------------------------------------------
 
-    # -- committing (always under the commit lock) --------------------------------
+    def _serve(self, queue: SimpleQueue[_Pending]) -> None:
+        """While rows are queued and nobody holds the turn: take it, commit a batch, give it up.
 
-    def _run(self, queue: SimpleQueue[_Item]) -> None:
-        """The committer thread: each turn, every queued row in one transaction."""
-        while True:
-            batch: list[_Pending] = []
-            stop = False
-            item = queue.get()
-            while True:
-                if isinstance(item, _Stop):
-                    stop = True
-                    break
-                batch.append(item)
-                if len(batch) >= self.max_batch:
-                    break
-                try:
-                    item = queue.get_nowait()
-                except Empty:
-                    break
-            live = [pending for pending in batch if not pending.cancelled]
-            if live:
-                # Waiting for another process's lock is worth it only while
-                # someone still waits for the answer.
-                patience = max(pending.deadline for pending in live) - time.monotonic()
-                with self._commit_lock:
-                    errors = self._commit_batch(live, patience)
-                for pending, error in zip(live, errors):
-                    if error is not None:
-                        pending.error = describe(error)
-                    pending.done.release()
-            if stop:
-                return
+        Called by every thread after it gives the turn up and by every thread that
+        queued a row: a row is queued either before the holder looks again (and
+        the holder takes it) or while nobody holds the turn (and its own thread does).
+        """
+        while not queue.empty() and self._commit_lock.acquire(blocking=False):
+            try:
+                batch = self._take(queue)
+                if batch:
+                    self._commit_and_wake(batch)
+            finally:
+                self._commit_lock.release()
+
+    def _take(self, queue: SimpleQueue[_Pending]) -> list[_Pending]:
+        batch: list[_Pending] = []
+        while len(batch) < self.max_batch:
+            try:
+                pending = queue.get_nowait()
+            except Empty:
+                break
+            if not pending.cancelled:
+                batch.append(pending)
+        return batch
+
+    def _commit_and_wake(self, batch: list[_Pending]) -> None:
+        """Under the commit lock: one transaction for ``batch``, then wake each row's request."""
+        # Waiting for another process's lock is worth it only while someone
+        # still waits for the answer.
+        patience = max(pending.deadline for pending in batch) - time.monotonic()
+        errors = self._commit_batch(batch, patience)
+        for pending, error in zip(batch, errors):
+            if error is not None:
+                pending.error = describe(error)
+            pending.done.release()
 
     def _commit_batch(self, batch: list[_Pending], patience: float) -> list[Exception | None]:
         """Commit the rows of ``batch`` in one transaction; the error of each (``None``: stored)."""

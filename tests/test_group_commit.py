@@ -104,11 +104,11 @@ def test_nothing_is_opened_before_the_first_row(tmp_path: Path) -> None:
     """Pins the gunicorn --preload rule: no file, no thread until a row arrives."""
     writer = GroupCommitter(str(tmp_path / "events.sqlite3"), SCHEMA, INSERT)
     assert list(tmp_path.iterdir()) == []
-    assert not writer.running
+    threads_before = threading.active_count()
     writer.insert(row("m-1"))
     assert stored_ids(tmp_path / "events.sqlite3") == ["m-1"]
-    # A lone row is committed on the caller's thread: no committer thread is needed.
-    assert not writer.running
+    # The row was committed on the caller's thread: no thread was started for it.
+    assert threading.active_count() == threads_before
     writer.close()
 
 
@@ -148,8 +148,7 @@ def test_rows_queued_during_a_commit_go_together_into_the_next(committer: GroupC
     runner = threading.Thread(target=lambda: outcomes.update(insert_in_threads(committer, [f"m-{n}" for n in range(6)])))
     runner.start()
     # One thread commits its own row and waits for the lock; the others had to queue.
-    wait_until(lambda: committer.running)
-    time.sleep(0.2)
+    wait_until(lambda: committer.queued == 5)
     lock.release()
     runner.join(30)
     assert outcomes == {f"m-{n}": None for n in range(6)}
@@ -193,8 +192,7 @@ def test_a_row_that_breaks_a_constraint_fails_alone(committer: GroupCommitter, d
     threads = [threading.Thread(target=one, args=(name,)) for name in names]
     for thread in threads:
         thread.start()
-    wait_until(lambda: committer.running)
-    time.sleep(0.2)
+    wait_until(lambda: committer.queued == 5)
     lock.release()
     for thread in threads:
         thread.join(30)
@@ -229,8 +227,7 @@ def test_close_commits_what_is_queued(database: Path) -> None:
     outcomes: dict[str, BaseException | None] = {}
     runner = threading.Thread(target=lambda: outcomes.update(insert_in_threads(writer, [f"m-{n}" for n in range(5)])))
     runner.start()
-    wait_until(lambda: writer.running)
-    time.sleep(0.2)
+    wait_until(lambda: writer.queued == 4)
     closer = threading.Thread(target=writer.close)
     closer.start()
     time.sleep(0.1)
@@ -239,7 +236,7 @@ def test_close_commits_what_is_queued(database: Path) -> None:
     runner.join(30)
     assert outcomes == {f"m-{n}": None for n in range(5)}
     assert sorted(stored_ids(database)) == [f"m-{n}" for n in range(5)]
-    assert not writer.running
+    assert writer._connection is None
     # Closed is not broken: the next row starts over.
     writer.insert(row("m-after"))
     writer.close()
