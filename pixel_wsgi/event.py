@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import threading
 import time
 from functools import lru_cache
 from typing import Any, Mapping
@@ -23,15 +24,37 @@ INTEGRATIONS_ALL = {"All": True}
 # RFC 4122 version 4: the version nibble is 4 and the variant bits are 10.
 _UUID4_MASK = ~((0xF000 << 64) | (0xC000 << 48))
 _UUID4_BITS = (0x4000 << 64) | (0x8000 << 48)
+# Message ids drawn per os.urandom call. The call releases the GIL, and under a
+# threaded server (gunicorn gthread) getting it back means waiting for the other
+# request threads: once per 256 events instead of once per event.
+_IDS_PER_DRAW = 256
+
+
+class _RandomBytes(threading.local):
+    """Random bytes from ``os.urandom``, per thread and per process, used 16 at a time."""
+
+    pid = 0
+    data = b""
+    offset = 0
+
+
+_random_bytes = _RandomBytes()
 
 
 def new_message_id() -> str:
-    """A random UUID4 string, like ``str(uuid.uuid4())`` at half the cost.
+    """A random UUID4 string, like ``str(uuid.uuid4())`` at a fraction of the cost.
 
-    ``uuid.UUID`` validates and stores what we would only format: one ``os.urandom``
-    call (fork-safe: no buffered randomness a gunicorn child could share) and a hex format.
+    The 16 random bytes come from ``os.urandom`` like ``uuid4``'s, drawn 256 ids at a
+    time into a buffer that belongs to one thread of one process: a gunicorn child
+    (a new pid) draws its own instead of reusing what its parent drew before the fork.
     """
-    digits = "%032x" % (int.from_bytes(os.urandom(16), "big") & _UUID4_MASK | _UUID4_BITS)
+    pool = _random_bytes
+    offset = pool.offset
+    pid = os.getpid()
+    if offset >= len(pool.data) or pool.pid != pid:
+        pool.data, pool.pid, offset = os.urandom(16 * _IDS_PER_DRAW), pid, 0
+    pool.offset = offset + 16
+    digits = "%032x" % (int.from_bytes(pool.data[offset : offset + 16], "big") & _UUID4_MASK | _UUID4_BITS)
     return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 

@@ -6,7 +6,9 @@ marshmallow schema, a cold ``lru_cache``, the werkzeug ``Map``.
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 import uuid
 
 import pytest
@@ -28,6 +30,42 @@ def test_new_message_id_is_a_random_uuid4_string():
         assert UUID4.match(text), text
         parsed = uuid.UUID(text)
         assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
+
+
+def test_message_ids_from_many_threads_are_all_different():
+    """Each thread draws its own random bytes: no two threads hand out the same id."""
+    results: list[list[str]] = []
+
+    def draw() -> None:
+        results.append([new_message_id() for _ in range(1000)])
+
+    threads = [threading.Thread(target=draw) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ids = [message_id for batch in results for message_id in batch]
+    assert len(set(ids)) == len(ids) == 8000
+
+
+# Python 3.12+ warns about fork() in a process with threads; this child only draws ids and exits.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_does_not_reuse_the_parents_random_bytes():
+    """gunicorn forks after the app is built: the child's ids are its own, not the parent's next ones."""
+    new_message_id()  # the parent has drawn a buffer and used one id of it
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        os.close(read_end)
+        os.write(write_end, "\n".join(new_message_id() for _ in range(10)).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child_ids = pipe.read().decode().split("\n")
+    os.waitpid(child, 0)
+    parent_ids = [new_message_id() for _ in range(10)]
+    assert len(child_ids) == 10
+    assert not set(child_ids) & set(parent_ids)
 
 
 def test_utc_timestamp_across_seconds_and_back():

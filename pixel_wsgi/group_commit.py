@@ -1,0 +1,386 @@
+"""Group commit: rows from many request threads written to SQLite in few transactions.
+
+A SQLite commit costs far more than the insert it carries (the write lock, the WAL
+frames of every page touched, the shared-memory index), so a store that commits each
+event on its own spends most of a request there; and threads that each take SQLite's
+write lock in turn wait for each other in SQLite's busy handler, which sleeps in
+steps of milliseconds. Here one commit at a time runs per process, on one
+connection, and it runs on a request's own thread (handing a row to another thread
+and waking up again costs about as much as the commit itself):
+
+- a request that finds no commit under way and nobody queued commits its own row;
+- a request that finds a commit under way queues its row and waits. Whoever holds
+  the commit turn, when done, takes every queued row into one more transaction and
+  wakes their requests. No request waits for a timer, and under load the batches
+  grow by themselves.
+
+The rules:
+
+- **A successful ``insert`` means stored**: it returns only after the COMMIT that
+  included the row (the row is then visible to every other connection and process).
+- **A failed commit fails exactly the rows it carried**: each of their requests gets
+  ``GroupCommitError``; rows queued later go into the next transaction. When a batch
+  fails for a reason that belongs to one row (a constraint), the rows are retried
+  one by one so that only that row's request fails.
+- **A request never waits longer than its ``timeout``**: it then gets
+  ``GroupCommitTimeout``, and SQLite's busy timeout is cut to what the waiting
+  requests have left. A row given up on is left out if its transaction has not
+  inserted it yet; if it has, the row may still be committed (the caller may store
+  it twice, which is at-least-once delivery; it is never lost).
+- **No row is stranded**: a request that queues its row then tries to take the turn
+  itself, and whoever gives the turn up looks at the queue again, so a queued row
+  always has someone to commit it.
+- **Nothing is opened in the constructor**: the connection opens on the first
+  ``insert`` of each process (gunicorn forks after building the app); there is one
+  connection per process whatever the number of request threads, so a
+  thread-per-request server cannot pile up connections.
+- **``close()`` drains**: rows queued before it are committed, then the connection is
+  closed; a later ``insert`` opens a new one.
+- **Checkpoints are off the request path**: SQLite's automatic checkpoint would copy
+  the WAL into the database inside whichever commit crosses its threshold (several
+  milliseconds, once every few thousand events: the slowest requests). The store's
+  connection turns it off, and every ``CHECKPOINT_EVERY`` commits a background thread
+  of the process (started then) runs a PASSIVE checkpoint on a connection of its own
+  (it blocks no writer or reader, and SQLite releases the GIL while it copies).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from _thread import allocate_lock
+from queue import Empty, SimpleQueue
+from typing import Any, Callable, Sequence
+
+from .resources import BUSY_TIMEOUT_MS, open_wal_database
+
+logger = logging.getLogger(__name__)
+
+# Rows per transaction at most: bounds how long one commit holds the write lock
+# (other worker processes wait for it) and how much one failure takes down.
+MAX_BATCH = 500
+# How long ``insert`` waits when its caller gives no limit.
+DEFAULT_TIMEOUT = 30.0
+# How long ``close()`` waits for the checkpointer thread to end.
+CLOSE_TIMEOUT = 10.0
+# Commits between two checkpoints: at one or two WAL frames per commit this stays
+# below SQLite's own default of 1000 frames, so the WAL file stays a few MB.
+CHECKPOINT_EVERY = 250
+# Errors that belong to one row, not to the database: retrying the batch row by
+# row then commits every row but the offending one.
+ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError, sqlite3.ProgrammingError)
+
+Row = Sequence[Any]
+
+
+class GroupCommitError(Exception):
+    """The row was not stored: the transaction that carried it failed."""
+
+
+class GroupCommitTimeout(GroupCommitError):
+    """The row's commit did not complete within the caller's timeout."""
+
+
+def describe(error: Exception) -> str:
+    return str(error) or type(error).__name__
+
+
+class _Pending:
+    """One row on its way to the database and the lock its request thread waits on."""
+
+    __slots__ = ("row", "deadline", "done", "error", "cancelled")
+
+    def __init__(self, row: Row, deadline: float) -> None:
+        self.row = row
+        # time.monotonic() after which its request no longer waits.
+        self.deadline = deadline
+        # A bare lock, taken now and released by the committer: the cheapest
+        # one-shot signal between two threads (an Event builds a Condition).
+        self.done = allocate_lock()
+        self.done.acquire()
+        self.error: str | None = None
+        self.cancelled = False
+
+
+class GroupCommitter:
+    """Inserts rows into the SQLite database at ``path``: one commit at a time per process.
+
+    ``schema`` is applied when the connection opens (``CREATE ... IF NOT EXISTS``);
+    ``insert_sql`` is the parameterized INSERT each row is executed with.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        schema: str,
+        insert_sql: str,
+        *,
+        max_batch: int = MAX_BATCH,
+        connect: Callable[[str, str], sqlite3.Connection] = open_wal_database,
+    ) -> None:
+        self.path = path
+        self.schema = schema
+        self.insert_sql = insert_sql
+        self.max_batch = max_batch
+        self._connect = connect
+        # The turn to commit: held for one transaction (and opening the connection).
+        # Requests never block on it; they queue their row instead.
+        self._commit_lock = threading.Lock()
+        self._connection: sqlite3.Connection | None = None
+        self._connection_pid: int | None = None
+        # The connection's busy timeout now (set per transaction from the waiters' time).
+        self._busy_ms = BUSY_TIMEOUT_MS
+        # Rows waiting for the turn, per process (made on first use, after the fork).
+        self._queue: SimpleQueue[_Pending] | None = None
+        self._queue_pid: int | None = None
+        # Taken to make the queue or start and stop the checkpointer, never per row.
+        self._lifecycle = threading.Lock()
+        # The checkpointer thread of this process, woken every CHECKPOINT_EVERY commits.
+        self._commits_since_checkpoint = 0
+        self._checkpoint_wanted: threading.Event | None = None
+        self._checkpointer: threading.Thread | None = None
+        self._checkpointer_pid: int | None = None
+
+    # -- the request path ------------------------------------------------------
+
+    def insert(self, row: Row, timeout: float | None = None) -> None:
+        """Store ``row``; return once it is committed, or raise ``GroupCommitError``."""
+        wait = DEFAULT_TIMEOUT if timeout is None else max(0.0, timeout)
+        queue = self._queue if self._queue_pid == os.getpid() else None
+        if queue is None:
+            queue = self._new_queue()
+        if queue.empty() and self._commit_lock.acquire(blocking=False):
+            # Nobody committing and nobody queued: this thread commits its own row.
+            try:
+                error = self._commit_lone_row(row, wait)
+            finally:
+                self._commit_lock.release()
+            self._serve(queue)
+            if error is not None:
+                raise GroupCommitError(f"sqlite {self.path}: {describe(error)}") from error
+            return
+        pending = _Pending(row, time.monotonic() + wait)
+        queue.put(pending)
+        # The turn may have been given up between the look above and the put.
+        self._serve(queue)
+        if not pending.done.acquire(timeout=wait):
+            # Left out if its transaction has not inserted it yet.
+            pending.cancelled = True
+            raise GroupCommitTimeout(f"sqlite {self.path}: not committed within {wait:.3f}s")
+        if pending.error is not None:
+            raise GroupCommitError(f"sqlite {self.path}: {pending.error}")
+
+    @property
+    def queued(self) -> int:
+        """Rows waiting for a commit in this process (for tests and diagnostics)."""
+        queue = self._queue if self._queue_pid == os.getpid() else None
+        return 0 if queue is None else queue.qsize()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def _new_queue(self) -> SimpleQueue[_Pending]:
+        with self._lifecycle:
+            pid = os.getpid()
+            if self._queue_pid != pid or self._queue is None:
+                # One inherited through fork belongs to the parent's threads.
+                self._queue, self._queue_pid = SimpleQueue(), pid
+            return self._queue
+
+    def close(self) -> None:
+        """Commit what is queued, stop the checkpointer and close this process's connection."""
+        pid = os.getpid()
+        with self._lifecycle:
+            if self._checkpointer_pid == pid and self._checkpointer is not None and self._checkpoint_wanted is not None:
+                checkpointer, wanted = self._checkpointer, self._checkpoint_wanted
+                self._checkpointer = self._checkpoint_wanted = self._checkpointer_pid = None
+                # Woken with no event of its own any more, the thread ends.
+                wanted.set()
+                checkpointer.join(CLOSE_TIMEOUT)
+            self._checkpointer = self._checkpoint_wanted = self._checkpointer_pid = None
+        queue = self._queue if self._queue_pid == pid else None
+        with self._commit_lock:
+            if queue is not None:
+                while True:
+                    batch = self._take(queue)
+                    if not batch:
+                        break
+                    self._commit_and_wake(batch)
+            connection, self._connection = self._connection, None
+            # One inherited through fork is the parent's: leave its file alone.
+            if connection is not None and self._connection_pid == pid:
+                connection.close()
+
+    # -- committing ------------------------------------------------------------------
+
+    def _serve(self, queue: SimpleQueue[_Pending]) -> None:
+        """While rows are queued and nobody holds the turn: take it, commit a batch, give it up.
+
+        Called by every thread after it gives the turn up and by every thread that
+        queued a row: a row is queued either before the holder looks again (and
+        the holder takes it) or while nobody holds the turn (and its own thread does).
+        """
+        while not queue.empty() and self._commit_lock.acquire(blocking=False):
+            try:
+                batch = self._take(queue)
+                if batch:
+                    self._commit_and_wake(batch)
+            finally:
+                self._commit_lock.release()
+
+    def _take(self, queue: SimpleQueue[_Pending]) -> list[_Pending]:
+        batch: list[_Pending] = []
+        while len(batch) < self.max_batch:
+            try:
+                pending = queue.get_nowait()
+            except Empty:
+                break
+            if not pending.cancelled:
+                batch.append(pending)
+        return batch
+
+    def _commit_and_wake(self, batch: list[_Pending]) -> None:
+        """Under the commit lock: one transaction for ``batch``, then wake each row's request."""
+        # Waiting for another process's lock is worth it only while someone
+        # still waits for the answer.
+        patience = max(pending.deadline for pending in batch) - time.monotonic()
+        errors = self._commit_batch(batch, patience)
+        for pending, error in zip(batch, errors):
+            if error is not None:
+                pending.error = describe(error)
+            pending.done.release()
+
+    def _commit_batch(self, batch: list[_Pending], patience: float) -> list[Exception | None]:
+        """Commit the rows of ``batch`` in one transaction; the error of each (``None``: stored)."""
+        error = self._commit_rows(batch, patience)
+        if error is None:
+            return [None] * len(batch)
+        if len(batch) > 1 and isinstance(error, ROW_ERRORS):
+            # One row's fault (a constraint): the others must not fail with it.
+            logger.warning("sqlite %s: a batch of %d rows failed (%s); retrying them one by one", self.path, len(batch), error)
+            return [self._commit_rows([pending], patience) for pending in batch]
+        return [error] * len(batch)
+
+    def _commit_lone_row(self, row: Row, patience: float) -> Exception | None:
+        """The caller's own row, in autocommit: one statement, one implicit transaction."""
+        try:
+            self._connection_for(patience).execute(self.insert_sql, row)
+        except Exception as exc:  # sqlite3.Error, OSError: the caller is told
+            self._drop_broken_connection()
+            return exc
+        self._committed()
+        return None
+
+    def _commit_rows(self, batch: list[_Pending], patience: float) -> Exception | None:
+        """One transaction with the rows of ``batch``; the failure, or ``None`` when committed."""
+        try:
+            connection = self._connection_for(patience)
+            # IMMEDIATE takes the write lock up front, so a busy database (another
+            # process committing) is waited for here, under the busy timeout.
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                # Rows whose request gave up while the lock was awaited are left
+                # out: their request was told they are not stored (and spools them).
+                rows = [pending.row for pending in batch if not pending.cancelled]
+                connection.executemany(self.insert_sql, rows)
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    try:
+                        connection.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # the failure that brought us here is the one to report
+                raise
+        except Exception as exc:  # sqlite3.Error, OSError: told to every request of the batch
+            self._drop_broken_connection()
+            return exc
+        self._committed()
+        return None
+
+    # -- checkpoints (a thread of their own) ---------------------------------------
+
+    def _committed(self) -> None:
+        """Count a commit (under the commit lock); every CHECKPOINT_EVERY, wake the checkpointer."""
+        self._commits_since_checkpoint += 1
+        if self._commits_since_checkpoint < CHECKPOINT_EVERY:
+            return
+        self._commits_since_checkpoint = 0
+        wanted = self._checkpoint_wanted if self._checkpointer_pid == os.getpid() else None
+        if wanted is None:
+            wanted = self._start_checkpointer()
+        wanted.set()
+
+    def _start_checkpointer(self) -> threading.Event:
+        with self._lifecycle:
+            pid = os.getpid()
+            if self._checkpointer_pid != pid or self._checkpoint_wanted is None:
+                wanted = threading.Event()
+                thread = threading.Thread(
+                    target=self._checkpoint_loop, args=(wanted,), name=f"pixel-wsgi checkpoint {self.path}", daemon=True
+                )
+                thread.start()
+                self._checkpoint_wanted, self._checkpointer, self._checkpointer_pid = wanted, thread, pid
+            return self._checkpoint_wanted
+
+    def _checkpoint_loop(self, wanted: threading.Event) -> None:
+        connection: sqlite3.Connection | None = None
+        try:
+            while True:
+                wanted.wait()
+                wanted.clear()
+                if self._checkpoint_wanted is not wanted:  # close() stopped this one
+                    return
+                try:
+                    if connection is None:
+                        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+                    # PASSIVE copies what it can without waiting for writers or readers;
+                    # what is left is copied next time.
+                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error as exc:
+                    logger.debug("sqlite %s: checkpoint failed (%s); trying again later", self.path, exc)
+        finally:
+            if connection is not None:
+                connection.close()
+
+    def _connection_for(self, patience: float) -> sqlite3.Connection:
+        """This process's connection, waiting at most ``patience`` seconds for another's lock.
+
+        That bound (SQLite's busy timeout) keeps a request from being held past its budget.
+        """
+        connection = self._connection_here()
+        # Rounded down to 100 ms: the remaining budget differs on every request, and
+        # setting the same value again is a statement per commit for nothing.
+        busy_ms = max(1, min(BUSY_TIMEOUT_MS, int(patience * 10) * 100))
+        if busy_ms != self._busy_ms:
+            connection.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            self._busy_ms = busy_ms
+        return connection
+
+    def _drop_broken_connection(self) -> None:
+        if self._connection is not None and not self._usable(self._connection):
+            self._connection.close()
+            self._connection = None  # opened again for the next transaction
+
+    def _connection_here(self) -> sqlite3.Connection:
+        pid = os.getpid()
+        if self._connection is None or self._connection_pid != pid:
+            # A connection inherited through fork must never be used in the child.
+            self._connection = self._connect(self.path, self.schema)
+            self._connection_pid = pid
+            self._busy_ms = BUSY_TIMEOUT_MS
+            # Checkpoints are the checkpointer thread's job, never a commit's.
+            self._connection.execute("PRAGMA wal_autocheckpoint = 0")
+        return self._connection
+
+    @staticmethod
+    def _usable(connection: sqlite3.Connection) -> bool:
+        try:
+            connection.execute("SELECT 1").fetchone()
+        except sqlite3.Error:
+            return False
+        return True
+
+    def __repr__(self) -> str:
+        return f"<GroupCommitter {self.path}>"
