@@ -7,6 +7,8 @@ fail at the first request. ``${NAME}`` in any string is read from the environmen
 
 from __future__ import annotations
 
+import importlib.util
+import ipaddress
 import os
 import re
 import sys
@@ -78,6 +80,14 @@ class DispatchConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    # Where Prometheus text is served, an absolute path; None: no metrics.
+    path: str | None = None
+    # Client addresses or networks that may read the metrics; others get a 404.
+    allow: tuple[str, ...] = ("127.0.0.1/8", "::1")
+
+
+@dataclass(frozen=True)
 class Config:
     sources: tuple[SourceConfig, ...]
     destinations: Mapping[str, DestinationConfig]
@@ -89,6 +99,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     dispatch: DispatchConfig = field(default_factory=DispatchConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def destinations_for(self, source: SourceConfig) -> tuple[str, ...]:
         if source.destinations is None:
@@ -270,6 +281,7 @@ def _build_config(raw: Mapping[str, Any], errors: list[str]) -> Config:
     spool = SpoolConfig(path=spool_reader.nonempty_string("path", "pixel-spool.sqlite3"))
     spool_reader.reject_unknown()
     dispatch = _build_dispatch(OptionReader(top.table_of("dispatch"), "dispatch", errors))
+    metrics = _build_metrics(OptionReader(top.table_of("metrics"), "metrics", errors))
     raw_destinations = top.table_of("destinations")
     destinations = dict(_build_destinations(raw_destinations, errors))
 
@@ -294,6 +306,7 @@ def _build_config(raw: Mapping[str, Any], errors: list[str]) -> Config:
         limits=limits,
         spool=spool,
         dispatch=dispatch,
+        metrics=metrics,
     )
 
 
@@ -319,6 +332,22 @@ def _build_dispatch(reader: OptionReader) -> DispatchConfig:
     )
     reader.reject_unknown()
     return dispatch
+
+
+def _build_metrics(reader: OptionReader) -> MetricsConfig:
+    path = reader.nonempty_string("path")
+    if path is not None and (not path.startswith("/") or "?" in path):
+        reader.error("path", f"must be an absolute path such as /metrics, not {path!r}")
+    if path is not None and importlib.util.find_spec("prometheus_client") is None:
+        reader.error("path", "metrics need prometheus_client: pip install 'pixel-wsgi[metrics]'")
+    allow = reader.string_list("allow")
+    for index, network in enumerate(allow or ()):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            reader.error(f"allow[{index}]", f"not an IP address or network: {network!r}")
+    reader.reject_unknown()
+    return MetricsConfig(path=path, allow=MetricsConfig.allow if allow is None else allow)
 
 
 def _build_destinations(table: Mapping[str, Any], errors: list[str]) -> Iterator[tuple[str, DestinationConfig]]:

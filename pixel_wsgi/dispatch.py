@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Mapping
 
 from .config import DispatchConfig
 from .destinations import DeliveryError, Destination, Payload
+from .observer import Observer
 from .spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -141,6 +142,8 @@ class Dispatcher:
         self.breakers = {
             name: CircuitBreaker(name, self.settings.breaker_failures, self.settings.breaker_cooldown) for name in self.destinations
         }
+        # Told each event's outcome per destination (metrics); set by the app.
+        self.observer: Observer | None = None
 
     def dispatch(self, payload: Payload, names: Iterable[str]) -> bool:
         """Deliver to each named destination or spool; ``True`` when the event is safe everywhere."""
@@ -152,12 +155,18 @@ class Dispatcher:
                 # Not a delivery failure (nothing was tried), so no WARNING per event:
                 # the breaker logged once when it opened.
                 skipped = Outcome(0, DeliveryError("circuit open: not tried"), breaker.cooldown)
-                safe = self._spool(name, payload, skipped) and safe
+                kept = self._spool(name, payload, skipped)
+                safe = kept and safe
+                if self.observer is not None:
+                    self._observe(name, "spooled" if kept else "lost", 0.0, breaker)
                 continue
+            started = time.monotonic()
             outcome = self.deliver(self.destinations[name], payload, deadline)
             error = outcome.error
             if error is None:
                 breaker.success()
+                if self.observer is not None:
+                    self._observe(name, "delivered", time.monotonic() - started, breaker)
                 continue
             if outcome.attempts:
                 # A refusal (4xx) says the destination is up: only retryable failures count.
@@ -166,8 +175,19 @@ class Dispatcher:
                 else:
                     breaker.success()
             self._log_failure(name, payload.message_id, outcome)
-            safe = self._spool(name, payload, outcome) and safe
+            kept = self._spool(name, payload, outcome)
+            safe = kept and safe
+            if self.observer is not None:
+                fate = ("spooled" if error.retryable else "dead") if kept else "lost"
+                self._observe(name, fate, time.monotonic() - started, breaker)
         return safe
+
+    def _observe(self, name: str, outcome: str, seconds: float, breaker: CircuitBreaker) -> None:
+        assert self.observer is not None
+        try:
+            self.observer.delivery(name, outcome, seconds, breaker.is_open)
+        except Exception:  # bookkeeping must never cost the client its answer
+            logger.exception("observer failed on a delivery to %s", name)
 
     def deliver(self, destination: Destination, payload: Payload, deadline: float) -> Outcome:
         """Try, and retry what may succeed on retry, until delivered, refused or out of time."""

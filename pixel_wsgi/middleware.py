@@ -31,7 +31,8 @@ class PixelMiddleware:
     ) -> None:
         self.app = app
         self.pixel_app = config if isinstance(config, PixelApp) else PixelApp(config)
-        self.pixel_paths = frozenset(self.pixel_app.paths)
+        # The pixels and the operations endpoints (health, metrics).
+        self.pixel_paths = self.pixel_app.owned_paths
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO") in self.pixel_paths:
