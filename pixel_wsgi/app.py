@@ -232,11 +232,10 @@ class PixelApp:
     def _notify_rejected(self, environ: WSGIEnvironment, status: int, reason: str, source: SourceConfig | None) -> None:
         if self.observer is None:
             return
-        path = environ.get("PATH_INFO", "")
+        path: str = environ.get("PATH_INFO") or ""
+        endpoint = self._endpoints_by_path.get(path) or path
         try:
-            self.observer.rejected(
-                self._endpoints_by_path.get(path, path), status, reason, source.name if source else None, environ.get("QUERY_STRING", "")
-            )
+            self.observer.rejected(endpoint, status, reason, source.name if source else None, environ.get("QUERY_STRING", ""))
         except Exception:  # bookkeeping must never cost the client its answer
             logger.exception("observer failed on a rejection")
 

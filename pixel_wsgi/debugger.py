@@ -110,7 +110,12 @@ class DebuggerApp:
     def _respond(start_response: StartResponse, content_type: str, body: bytes) -> Iterable[bytes]:
         start_response(
             "200 OK",
-            [("Content-Type", content_type), ("Content-Length", str(len(body))), ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff")],
+            [
+                ("Content-Type", content_type),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "no-store"),
+                ("X-Content-Type-Options", "nosniff"),
+            ],
         )
         return [body]
 

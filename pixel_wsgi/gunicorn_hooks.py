@@ -41,7 +41,7 @@ def child_exit(server: Any, worker: Any) -> None:
     if os.environ.get(MULTIPROCESS_ENV_VAR):
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(worker.pid)
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
 def on_exit(server: Any) -> None:

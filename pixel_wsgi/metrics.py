@@ -55,7 +55,10 @@ class _ProcessMetrics:
         # In multiprocess mode the files are the registry: scrapes read them, not this.
         self.registry: CollectorRegistry = CollectorRegistry(auto_describe=True)
         self.requests: Counter = Counter(
-            "pixel_requests", "Pixel requests answered, by endpoint, status and source.", ("endpoint", "status", "source"), registry=self.registry
+            "pixel_requests",
+            "Pixel requests answered, by endpoint, status and source.",
+            ("endpoint", "status", "source"),
+            registry=self.registry,
         )
         self.deliveries: Counter = Counter(
             "pixel_deliveries",
@@ -152,12 +155,14 @@ class PrometheusMetrics(Observer):
         metrics = self._metrics()
         if metrics.multiprocess:
             registry = CollectorRegistry()
-            MultiProcessCollector(registry)
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         else:
             registry = metrics.registry
             self._warn_if_forked(environ)
         output = generate_latest(registry) + generate_latest(_SpoolRegistry(self.spool.path))
-        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(output))), ("Cache-Control", "no-store")])
+        start_response(
+            "200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(output))), ("Cache-Control", "no-store")]
+        )
         return [] if environ.get("REQUEST_METHOD") == "HEAD" else [output]
 
     def allows(self, address: str) -> bool:
@@ -166,8 +171,8 @@ class PrometheusMetrics(Observer):
             client = ipaddress.ip_address(address.split("%", 1)[0])
         except ValueError:
             return False
-        if client.version == 6 and client.ipv4_mapped is not None:  # type: ignore[union-attr]
-            client = client.ipv4_mapped  # type: ignore[union-attr]
+        if isinstance(client, ipaddress.IPv6Address) and client.ipv4_mapped is not None:
+            client = client.ipv4_mapped
         return any(client in network for network in self.allowed)
 
     def _warn_if_forked(self, environ: WSGIEnvironment) -> None:
@@ -192,7 +197,9 @@ class _SpoolRegistry:
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import GaugeMetricFamily
 
-        family = GaugeMetricFamily("pixel_spool_events", "Events waiting in the spool, by destination and state.", labels=("destination", "state"))
+        family = GaugeMetricFamily(
+            "pixel_spool_events", "Events waiting in the spool, by destination and state.", labels=("destination", "state")
+        )
         if os.path.exists(self.path):
             try:
                 connection = sqlite3.connect(Path(os.path.abspath(self.path)).as_uri() + "?mode=ro", uri=True, timeout=1.0)

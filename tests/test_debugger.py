@@ -97,7 +97,12 @@ def test_chromium_shows_requests_as_they_arrive(tmp_path):
             browser.wait_for("document.body.dataset.polled >= 1")
             assert browser.evaluate("document.querySelectorAll('article').length") == 0
             base = server.url + "/pixel/v1"
-            assert http_get(f"{base}/track?writeKey={WRITE_KEY}&anonymousId=reader-7&event=Signed%20Up&properties.revenue=29.99&propertes.plan=pro")[0] == 200
+            assert (
+                http_get(
+                    f"{base}/track?writeKey={WRITE_KEY}&anonymousId=reader-7&event=Signed%20Up&properties.revenue=29.99&propertes.plan=pro"
+                )[0]
+                == 200
+            )
             assert http_get(f"{base}/track?writeKey={WRITE_KEY}&anonymousId=reader-7")[0] == 400
             assert http_get(f"{base}/page?writeKey={WRITE_KEY}&userId=u-1&name=Pricing&context.page.path=/pricing")[0] == 200
             browser.wait_for("document.querySelectorAll('article').length === 3")

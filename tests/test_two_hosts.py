@@ -93,7 +93,9 @@ def start_gunicorn(host: Host, config: Path, log: Path):
         assert process.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
         time.sleep(0.05)
     # Ready when it answers through its own namespace's network.
-    while host.run(["python3", "-c", f"import urllib.request; urllib.request.urlopen('http://{host.address}:{PORT}/pixel/v1/health')"], env=env).returncode:
+    while host.run(
+        ["python3", "-c", f"import urllib.request; urllib.request.urlopen('http://{host.address}:{PORT}/pixel/v1/health')"], env=env
+    ).returncode:
         assert process.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
         time.sleep(0.1)
     return process

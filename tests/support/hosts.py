@@ -119,9 +119,7 @@ http {{
 
 def nginx_conf(directory: Path, port: int, upstreams: Sequence[str], snippet: str, location: str) -> Path:
     servers = "\n".join(f"    server {address} max_fails=1 fail_timeout=5s;" for address in upstreams)
-    text = NGINX_CONF.format(
-        dir=directory, port=port, snippet=snippet.replace("{servers}", servers), location=location
-    )
+    text = NGINX_CONF.format(dir=directory, port=port, snippet=snippet.replace("{servers}", servers), location=location)
     path = directory / "nginx.conf"
     path.write_text(text, encoding="utf-8")
     return path
