@@ -203,3 +203,16 @@ def test_two_gunicorn_workers_add_up_and_a_killed_worker_is_counted_once(tmp_pat
         server.stop()
     # The private directory goes with the gunicorn that made it.
     assert not os.path.exists(directory)
+
+
+def test_metrics_without_the_multiprocess_directory_under_gunicorn_warn_once(tmp_path, caplog, monkeypatch):
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    app = PixelApp(config(tmp_path))
+    client = TestApp(app, extra_environ={"REMOTE_ADDR": "127.0.0.1", "SERVER_SOFTWARE": "gunicorn/23.0.0"})
+    with caplog.at_level("WARNING", logger="pixel_wsgi.metrics"):
+        client.get("/metrics")
+        client.get("/metrics")
+    app.close()
+    assert [r.getMessage() for r in caplog.records].count(
+        "metrics under gunicorn without $PROMETHEUS_MULTIPROC_DIR count this worker only: run gunicorn with -c python:pixel_wsgi.gunicorn_hooks"
+    ) == 1

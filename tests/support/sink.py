@@ -266,7 +266,7 @@ class SilentServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"http://127.0.0.1:{self.port}"
 
     def _accept(self) -> None:
         self._socket.settimeout(0.05)
