@@ -34,7 +34,8 @@ class HealthCheck:
         method = environ.get("REQUEST_METHOD", "GET")
         if method not in ("GET", "HEAD"):
             body = b"method not allowed"
-            start_response("405 Method Not Allowed", [("Content-Type", "text/plain; charset=utf-8"), ("Allow", "GET, HEAD")])
+            headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))), *NO_CACHE_HEADERS]
+            start_response("405 Method Not Allowed", [*headers, ("Allow", "GET, HEAD")])
             return [body]
         try:
             self.spool.check()
