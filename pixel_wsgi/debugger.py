@@ -5,7 +5,7 @@ each accepted event as the destinations received it, with the parameters that di
 make it into the event (a typo such as ``propertes.revenue``), and each rejection with
 its reason. ``DebuggerApp`` wraps the pixel app: ``/`` is the page (``debugger.html``,
 plain HTML and CSS, no build step) and the page asks ``/_debugger/requests?after=ID``
-once a second for what is new; every other request goes to the pixel app.
+about once a second for what is new; every other request goes to the pixel app.
 
 Both answer only clients on the loopback interface: the page shows events as they were
 sent, write keys cut to four characters, but still nothing for other machines to read.
@@ -65,10 +65,11 @@ class RequestLog(Observer):
             entry["id"] = next(self._ids)
             self._entries.append(entry)
 
-    def after(self, last_id: int) -> list[dict[str, Any]]:
-        """The entries newer than ``last_id``, oldest first."""
+    def after(self, last_id: int) -> tuple[int, list[dict[str, Any]]]:
+        """The id of the newest entry (0: none yet), and the entries newer than ``last_id``, oldest first."""
         with self._lock:
-            return [entry for entry in self._entries if entry["id"] > last_id]
+            latest = self._entries[-1]["id"] if self._entries else 0
+            return latest, [entry for entry in self._entries if entry["id"] > last_id]
 
 
 def is_loopback(address: str) -> bool:
@@ -103,8 +104,9 @@ class DebuggerApp:
 
     def _requests(self, query: str) -> bytes:
         match = re.fullmatch(r"after=(\d{1,18})", query)
-        entries = self.log.after(int(match.group(1)) if match else 0)
-        return json.dumps(entries, ensure_ascii=False, default=str).encode("utf-8")
+        latest, entries = self.log.after(int(match.group(1)) if match else 0)
+        # ``latest`` below what the page has seen means the server was restarted: the page starts over.
+        return json.dumps({"latest": latest, "entries": entries}, ensure_ascii=False, default=str).encode("utf-8")
 
     @staticmethod
     def _respond(start_response: StartResponse, content_type: str, body: bytes) -> Iterable[bytes]:

@@ -34,20 +34,22 @@ def test_accepted_events_rejections_and_ignored_parameters_are_listed(debugged):
     client.get(f"/pixel/v1/track?writeKey={WRITE_KEY}&anonymousId=a1&event=Bought&propertes.revenue=9.99&type=page&context.ip=1.2.3.4")
     client.get(f"/pixel/v1/track?writeKey={WRITE_KEY}&anonymousId=a1", status=400)
     client.get("/pixel/v1/page?writeKey=wrong-key&anonymousId=a1", status=401)
-    accepted, missing, unknown = client.get("/_debugger/requests?after=0").json
+    answer = client.get("/_debugger/requests?after=0").json
+    accepted, missing, unknown = answer["entries"]
+    assert answer["latest"] == unknown["id"]
     assert accepted["outcome"] == "accepted" and accepted["event"]["event"] == "Bought"
     assert accepted["ignored"] == ["propertes.revenue", "type", "context.ip"]
     assert (missing["status"], missing["reason"], missing["query"]) == (400, "event: required", "writeKey=debu…&anonymousId=a1")
     assert (unknown["status"], unknown["reason"], unknown["source"]) == (401, "invalid write key", None)
     assert WRITE_KEY not in client.get("/_debugger/requests").text
-    assert client.get(f"/_debugger/requests?after={missing['id']}").json == [unknown]
+    assert client.get(f"/_debugger/requests?after={missing['id']}").json == {"latest": unknown["id"], "entries": [unknown]}
 
 
 def test_only_the_last_hundred_are_kept(debugged):
     client, log = debugged
     for n in range(MAX_ENTRIES + 5):
         client.get(f"/pixel/v1/track?writeKey={WRITE_KEY}&anonymousId=a{n}&event=E")
-    entries = client.get("/_debugger/requests?after=0").json
+    entries = client.get("/_debugger/requests?after=0").json["entries"]
     assert len(entries) == MAX_ENTRIES
     assert entries[0]["event"]["anonymousId"] == "a5"
 
@@ -104,7 +106,12 @@ def test_chromium_shows_requests_as_they_arrive(tmp_path):
                 == 200
             )
             assert http_get(f"{base}/track?writeKey={WRITE_KEY}&anonymousId=reader-7")[0] == 400
-            assert http_get(f"{base}/page?writeKey={WRITE_KEY}&userId=u-1&name=Pricing&context.page.path=/pricing")[0] == 200
+            assert (
+                http_get(
+                    f"{base}/page?writeKey={WRITE_KEY}&userId=u-1&name=Pricing&context.page.path=/pricing&properties.note=%3Cb%3Ebold%3C/b%3E"
+                )[0]
+                == 200
+            )
             browser.wait_for("document.querySelectorAll('article').length === 3")
             dom = browser.evaluate("document.documentElement.outerHTML")
             browser.screenshot(tmp_path / "debugger.png")
@@ -114,5 +121,7 @@ def test_chromium_shows_requests_as_they_arrive(tmp_path):
     assert "Signed Up" in dom and "Pricing" in dom and "29.99" in dom
     assert '<span class="chip">propertes.plan</span>' in dom
     assert "event: required" in dom
+    # Values from anyone's URL are text, never markup.
+    assert "&lt;b&gt;bold&lt;/b&gt;" in dom and "<b>bold</b>" not in dom
     assert log.count('"GET / HTTP') == 1  # never reloaded
     assert (tmp_path / "debugger.png").stat().st_size > 10_000

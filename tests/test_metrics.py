@@ -163,13 +163,14 @@ def test_no_metrics_path_means_no_metrics(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_gunicorn_workers_add_up_and_a_killed_worker_is_counted_once(tmp_path):
+@pytest.mark.parametrize("preload", [[], ["--preload"]], ids=["no-preload", "preload"])
+def test_two_gunicorn_workers_add_up_and_a_killed_worker_is_counted_once(tmp_path, preload):
     """The counts equal the requests sent, from whichever worker answers the scrape,
     also after a worker was killed and replaced (its counts kept, never doubled)."""
     path = write_toml(tmp_path / "pixel.toml", config(tmp_path))
     env = {**environment(), "PIXEL_WSGI_CONFIG": str(path)}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    args = ["-c", "python:pixel_wsgi.gunicorn_hooks", "--worker-class", "sync"]
+    args = ["-c", "python:pixel_wsgi.gunicorn_hooks", "--worker-class", "sync", *preload]
     with gunicorn("pixel_wsgi:create_app()", output=tmp_path / "gunicorn.log", env=env, workers=2, threads=1, args=args) as server:
         directory = re.search(r"PROMETHEUS_MULTIPROC_DIR=(\S+)", server.log()).group(1)
 
