@@ -282,6 +282,8 @@ def _build_config(raw: Mapping[str, Any], errors: list[str]) -> Config:
     spool_reader.reject_unknown()
     dispatch = _build_dispatch(OptionReader(top.table_of("dispatch"), "dispatch", errors))
     metrics = _build_metrics(OptionReader(top.table_of("metrics"), "metrics", errors))
+    if metrics.path is not None and metrics.path in {f"{prefix}/{name}" for name in ("page", "track", "click", "health")}:
+        errors.append(f"metrics.path: {metrics.path} is a pixel endpoint; choose another path such as /metrics")
     raw_destinations = top.table_of("destinations")
     destinations = dict(_build_destinations(raw_destinations, errors))
 

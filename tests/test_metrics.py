@@ -143,6 +143,7 @@ def test_the_middleware_serves_metrics_and_health_and_passes_the_rest(tmp_path):
         pytest.param({"path": ""}, "metrics.path: must not be empty", id="empty"),
         pytest.param({"path": "/m", "allow": ["localhost"]}, "metrics.allow[0]: not an IP address or network", id="bad-allow"),
         pytest.param({"path": "/m", "allowed": []}, "metrics.allowed: unknown option", id="unknown-key"),
+        pytest.param({"path": "/pixel/v1/health"}, "metrics.path: /pixel/v1/health is a pixel endpoint", id="taken"),
     ],
 )
 def test_metrics_mistakes_are_start_up_errors(tmp_path, metrics, message):
