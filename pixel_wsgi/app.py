@@ -23,9 +23,11 @@ from .dispatch import Dispatcher
 from .drainer import Drainer
 from .errors import RequestRejected, bad_parameter
 from .event import complete_event
+from .health import HealthCheck
 from .hostlogs import use_gunicorn_error_log
 from .logsafe import log_safe
 from .masking import mask_write_key
+from .observer import Observer, combine
 from .parsing import nest, split_query, top_level_name
 from .replay import Replayer
 from .responses import Responses
@@ -81,6 +83,24 @@ class PixelApp:
         # request; anything else (405, 404) still goes through the Map.
         self._endpoints_by_path = dict(zip(self.paths, ENDPOINTS))
         self._destination_names = {source.name: self.config.destinations_for(source) for source in self.config.sources}
+        # Told about every accepted event, rejection and delivery (metrics, the debugger).
+        self.observer: Observer | None = None
+        # Operations endpoints beside the pixels: same prefix, answered by this app.
+        self.operations: Dict[str, Handler] = {f"{prefix}/health": HealthCheck(self.spool)}
+        if self.config.metrics.path:
+            from .metrics import PrometheusMetrics  # prometheus_client is only needed then
+
+            metrics = PrometheusMetrics(self.config.metrics, self.spool)
+            self.observer = metrics
+            self.operations[self.config.metrics.path] = metrics.endpoint
+        self.dispatcher.observer = self.observer
+        # Every path this app answers, for PixelMiddleware.
+        self.owned_paths = frozenset((*self.paths, *self.operations))
+
+    def observe(self, observer: Observer) -> None:
+        """Add an observer (the debugger of ``pixel-wsgi serve``, an operator's own hook)."""
+        self.observer = combine(self.observer, observer)
+        self.dispatcher.observer = self.observer
 
     # -- WSGI ---------------------------------------------------------------
 
@@ -94,6 +114,8 @@ class PixelApp:
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO") or "/"
         endpoint = self._endpoints_by_path.get(path)
+        if endpoint is None and path in self.operations:
+            return self.operations[path](environ, start_response)
         if endpoint is None or (method != "GET" and method != "HEAD"):
             try:
                 endpoint, _ = self._url_adapter.match(path, method)
@@ -109,6 +131,7 @@ class PixelApp:
             return self.on_event(endpoint, environ, start_response)
         except Exception:  # the last line of defence: a bug must not show a traceback
             logger.exception("unexpected error handling %s", log_safe(str(environ.get("PATH_INFO"))))
+            self._notify_rejected(environ, 500, "internal error", None)
             return self.responses.error(start_response, 500, "internal error")
 
     # -- endpoints ----------------------------------------------------------
@@ -133,6 +156,8 @@ class PixelApp:
         if not safe:
             lost = RequestRejected(503, "the event could not be delivered or stored; try again")
             return self._reject(lost, environ, start_response, source)
+        if self.observer is not None:
+            self._notify_accepted(event_type, source, event, grouped)
         return self.responses.success(start_response)
 
     # -- steps --------------------------------------------------------------
@@ -196,6 +221,8 @@ class PixelApp:
         return self.responses.error(start_response, rejection.status, rejection.reason)
 
     def _log_rejection(self, environ: WSGIEnvironment, status: int, reason: str, source: SourceConfig | None) -> None:
+        if self.observer is not None:
+            self._notify_rejected(environ, status, reason, source)
         level = logging.WARNING if status >= 500 else logging.INFO
         if logger.isEnabledFor(level):
             logger.log(
@@ -207,6 +234,40 @@ class PixelApp:
                 source.name if source else "unknown",
                 log_safe(environ.get("REMOTE_ADDR", "-")),
             )
+
+    # -- observers --------------------------------------------------------------
+
+    def _notify_accepted(self, event_type: str, source: SourceConfig, event: dict[str, Any], grouped: Dict[str, List[str]]) -> None:
+        assert self.observer is not None
+        try:
+            self.observer.accepted(event_type, source.name, event, self.ignored_parameters(event_type, grouped, source))
+        except Exception:  # bookkeeping must never cost the client its answer
+            logger.exception("observer failed on an accepted event")
+
+    def _notify_rejected(self, environ: WSGIEnvironment, status: int, reason: str, source: SourceConfig | None) -> None:
+        if self.observer is None:
+            return
+        path: str = environ.get("PATH_INFO") or ""
+        endpoint = self._endpoints_by_path.get(path) or path
+        try:
+            self.observer.rejected(endpoint, status, reason, source.name if source else None, environ.get("QUERY_STRING", ""))
+        except Exception:  # bookkeeping must never cost the client its answer
+            logger.exception("observer failed on a rejection")
+
+    def ignored_parameters(self, event_type: str, grouped: Mapping[str, List[str]], source: SourceConfig) -> list[str]:
+        """The query parameters that did not reach the event: unknown names (a typo such as
+        ``propertes.revenue``), unless the source keeps them, and the ones the server owns."""
+        known_fields = self.schemas.fields[event_type]
+        ignored = []
+        for key in grouped:
+            name = top_level_name(key)
+            if name == "writeKey":
+                continue
+            if name in SERVER_OWNED_PARAMETERS or key == "context.ip":
+                ignored.append(key)
+            elif name not in known_fields and source.unknown_params != "keep":
+                ignored.append(key)
+        return ignored
 
     # -- lifecycle ------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from werkzeug.urls import uri_to_iri
 
 from .app import PixelApp
 from .config import CONFIG_ENV_VAR, Config, load_config
+from .debugger import REQUESTS_PATH, DebuggerApp, RequestLog
 from .destinations.sqlite import iter_events
 from .drain_lock import DrainLock
 from .errors import ConfigError
@@ -55,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, default=8080, help="port to listen on, 0 for any free one (default: %(default)s)")
     serve.add_argument("--write-key", help="write key of the embedded default source (default: a new random one)")
     serve.add_argument("--db", default=DEFAULT_DB, metavar="FILE", help="event store of the embedded default (default: %(default)s)")
+    serve.add_argument(
+        "--debugger",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the live page of the last requests at / (loopback clients only; default: on without --config)",
+    )
     serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="(default: %(default)s)")
     serve.set_defaults(handler=command_serve)
 
@@ -150,10 +157,16 @@ def command_serve(args: argparse.Namespace) -> int:
             app = PixelApp(default_config(write_key, args.db))
     except ConfigError as exc:
         return _config_errors(args.config or "the embedded default", exc)
+    wsgi_app: Any = app
+    debugger = args.debugger if args.debugger is not None else not args.config
+    if debugger:
+        request_log = RequestLog()
+        app.observe(request_log)
+        wsgi_app = DebuggerApp(app, request_log)
     try:
         # make_server rather than run_simple: the port is known (even for --port 0)
         # before the banner is printed. Same server, same threads.
-        server = make_server(args.host, args.port, app, threaded=True, request_handler=MaskingRequestHandler)
+        server = make_server(args.host, args.port, wsgi_app, threaded=True, request_handler=MaskingRequestHandler)
     except SystemExit:
         # werkzeug has already said why ("Address already in use", with advice) and exits.
         app.close()
@@ -166,7 +179,10 @@ def command_serve(args: argparse.Namespace) -> int:
     # SIGTERM (docker stop, kill) ends the server like Ctrl-C: destinations are closed.
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        print(_banner(app, args, server.port, write_key), flush=True)
+        banner, example = _banner(app, args, server.port, write_key, debugger)
+        if isinstance(wsgi_app, DebuggerApp):
+            wsgi_app.hint = example
+        print(banner, flush=True)
         server.serve_forever()  # returns on KeyboardInterrupt
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -198,6 +214,8 @@ class MaskingRequestHandler(WSGIRequestHandler):
     colour = False
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        if getattr(self, "path", "").startswith(REQUESTS_PATH):
+            return  # the debugger page asks every second: not worth a line each time
         # Called once the response is written: the request no longer needs its path.
         self.requestline = _WRITE_KEY_IN_QUERY.sub(r"\1…", self.requestline)
         if hasattr(self, "path"):
@@ -216,7 +234,8 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _banner(app: PixelApp, args: argparse.Namespace, port: int, write_key: str | None) -> str:
+def _banner(app: PixelApp, args: argparse.Namespace, port: int, write_key: str | None, debugger: bool) -> tuple[str, str]:
+    """The start-up text, and the example pixel URL it suggests."""
     host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(args.host, args.host)
     origin = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     page, track = (origin + path for path in app.paths)
@@ -238,11 +257,15 @@ def _banner(app: PixelApp, args: argparse.Namespace, port: int, write_key: str |
     lines += [
         f"  page:      {page}",
         f"  track:     {track}",
+    ]
+    if debugger:
+        lines.append(f"  debugger:  {origin}/  (the last requests, live; loopback clients only)")
+    lines += [
         "Try it:",
         f'  curl -sS -D - -o /dev/null "{track}?{query}"',
         "Press Ctrl-C to stop.",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines), f"{track}?{query}"
 
 
 def command_events(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ typed options object that schema returns.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import sys
@@ -29,6 +30,7 @@ from .options import (
     Boolean,
     Choice,
     Integer,
+    Networks,
     NonEmptyString,
     Number,
     OptionsSchema,
@@ -77,6 +79,14 @@ class DispatchConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    #: where Prometheus text is served, an absolute path; None: no metrics
+    path: str | None
+    #: client addresses or networks that may read the metrics; others get a 404
+    allow: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class SourceConfig:
     name: str
     write_key: str
@@ -115,6 +125,7 @@ class Config:
     limits: Limits
     spool: SpoolConfig
     dispatch: DispatchConfig
+    metrics: MetricsConfig
 
     def destinations_for(self, source: SourceConfig) -> tuple[str, ...]:
         if source.destinations is None:
@@ -163,6 +174,23 @@ class DispatchSchema(OptionsSchema):
     # open before one request probes it again.
     breaker_failures = Integer(load_default=5, minimum=1)
     breaker_cooldown = Number(load_default=30.0, minimum=0)
+
+
+class MetricsPath(NonEmptyString):
+    def convert(self, value: Any) -> Any:
+        value = super().convert(value)
+        if not value.startswith("/") or "?" in value:
+            raise ValidationError(f"must be an absolute path such as /metrics, not {value!r}")
+        if importlib.util.find_spec("prometheus_client") is None:
+            raise ValidationError("metrics need prometheus_client: pip install 'pixel-wsgi[metrics]'")
+        return value
+
+
+class MetricsSchema(OptionsSchema):
+    model = MetricsConfig
+    path = MetricsPath(load_default=None)
+    # Loopback only: metrics name sources and destinations, which is nobody else's business.
+    allow = Networks(load_default=("127.0.0.0/8", "::1/128"))
 
 
 class SourceSchema(OptionsSchema):
@@ -237,6 +265,7 @@ class ConfigSchema(OptionsSchema):
     limits = fields.Nested(LimitsSchema, load_default=lambda: LimitsSchema().load({}))
     spool = fields.Nested(SpoolSchema, load_default=lambda: SpoolSchema().load({}))
     dispatch = fields.Nested(DispatchSchema, load_default=lambda: DispatchSchema().load({}))
+    metrics = fields.Nested(MetricsSchema, load_default=lambda: MetricsSchema().load({}))
     sources = Tables(SourceSchema, required=True, error_messages={"required": "at least one [[sources]] table is required"})
     destinations = Destinations(
         required=True, error_messages={"required": "at least one destination is required (events must go somewhere)"}
@@ -248,6 +277,13 @@ class ConfigSchema(OptionsSchema):
         errors: dict[str, Any] = {}
         sources = data.get("sources")
         destinations = data.get("destinations")
+        metrics, prefix = data.get("metrics"), data.get("prefix")
+        if (
+            isinstance(metrics, MetricsConfig)
+            and prefix is not None
+            and metrics.path in {f"{prefix}/{name}" for name in ("page", "track", "click", "health")}
+        ):
+            errors["metrics"] = {"path": [f"{metrics.path} is a pixel endpoint; choose another path such as /metrics"]}
         if destinations is None and isinstance(original.get("destinations"), dict):
             # A destination with mistakes of its own is still there to be named.
             destinations = original["destinations"]

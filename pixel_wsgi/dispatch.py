@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Mapping
 from .config import DispatchConfig, DispatchSchema, default_settings
 from .destinations import DeliveryError, Destination, Payload
 from .logsafe import log_safe
+from .observer import Observer
 from .spool import Spool, SpoolFull
 
 logger = logging.getLogger(__name__)
@@ -141,19 +142,22 @@ class Dispatcher:
         self.breakers = {
             name: CircuitBreaker(name, self.settings.breaker_failures, self.settings.breaker_cooldown) for name in self.destinations
         }
+        # Told each event's outcome per destination (metrics); set by the app.
+        self.observer: Observer | None = None
 
     def dispatch(self, payload: Payload, names: Iterable[str]) -> bool:
         """Deliver to each named destination or spool; ``True`` when the event is safe everywhere."""
         started = time.monotonic()
         deadline = started + self.settings.budget
         names = names if isinstance(names, (tuple, list)) else tuple(names)
-        undelivered: list[tuple[str, Outcome]] = []
+        # (destination, outcome, seconds spent trying), spooled once every destination had its turn
+        undelivered: list[tuple[str, Outcome, float]] = []
         for index, name in enumerate(names):
             breaker = self.breakers[name]
             if not breaker.allow():
                 # Not a delivery failure (nothing was tried), so no WARNING per event:
                 # the breaker logged once when it opened.
-                undelivered.append((name, Outcome(0, DeliveryError("circuit open: not tried"), breaker.cooldown)))
+                undelivered.append((name, Outcome(0, DeliveryError("circuit open: not tried"), breaker.cooldown), 0.0))
                 continue
             # Each destination still to go gets an equal share of the time left, so one
             # that hangs cannot take the time of those after it; what a quick one leaves
@@ -164,6 +168,8 @@ class Dispatcher:
             error = outcome.error
             if error is None:
                 breaker.success()
+                if self.observer is not None:
+                    self._observe(name, "delivered", time.monotonic() - now, breaker)
                 continue
             if outcome.attempts:
                 # A refusal (4xx) says the destination is up: only retryable failures
@@ -173,12 +179,23 @@ class Dispatcher:
                 else:
                     breaker.success()
             self._log_failure(name, payload.message_id, outcome)
-            undelivered.append((name, outcome))
+            undelivered.append((name, outcome, time.monotonic() - now))
         safe = True
         spool_deadline = max(deadline, time.monotonic()) + SPOOL_GRACE if undelivered else 0.0
-        for name, outcome in undelivered:
-            safe = self._spool(name, payload, outcome, spool_deadline) and safe
+        for name, outcome, seconds in undelivered:
+            kept = self._spool(name, payload, outcome, spool_deadline)
+            safe = kept and safe
+            if self.observer is not None:
+                dead = outcome.error is not None and not outcome.error.retryable
+                self._observe(name, ("dead" if dead else "spooled") if kept else "lost", seconds, self.breakers[name])
         return safe
+
+    def _observe(self, name: str, outcome: str, seconds: float, breaker: CircuitBreaker) -> None:
+        assert self.observer is not None
+        try:
+            self.observer.delivery(name, outcome, seconds, breaker.is_open)
+        except Exception:  # bookkeeping must never cost the client its answer
+            logger.exception("observer failed on a delivery to %s", name)
 
     def deliver(self, destination: Destination, payload: Payload, deadline: float) -> Outcome:
         """Try, and retry what may succeed on retry, until delivered, refused or out of time."""

@@ -2,10 +2,11 @@
 
 Use it when the site is already a WSGI app (Pyramid's ``config.make_wsgi_app()``,
 ``bottle.default_app()``, Flask's ``app.wsgi_app``, Django's ``get_wsgi_application()``)
-and the pixel should live on the same host and port. Exactly two paths are answered,
-``{prefix}/page`` and ``{prefix}/track``; every other request reaches the wrapped app
-untouched: the same environ, the same ``start_response``, and its body iterable
-returned as it is, so streaming and ``close()`` work as before.
+and the pixel should live on the same host and port. Only the pixel app's own paths
+are answered (``{prefix}/page``, ``{prefix}/track``, ``{prefix}/health`` and the
+``[metrics] path`` when set); every other request reaches the wrapped app untouched:
+the same environ, the same ``start_response``, and its body iterable returned as it
+is, so streaming and ``close()`` work as before.
 
 To put the pixel under its own path prefix instead, mount a ``PixelApp`` with
 werkzeug's ``DispatcherMiddleware``.
@@ -31,7 +32,8 @@ class PixelMiddleware:
     ) -> None:
         self.app = app
         self.pixel_app = config if isinstance(config, PixelApp) else PixelApp(config)
-        self.pixel_paths = frozenset(self.pixel_app.paths)
+        # The pixels and the operations endpoints (health, metrics).
+        self.pixel_paths = self.pixel_app.owned_paths
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO") in self.pixel_paths:

@@ -251,11 +251,11 @@ def test_annotated_pixel_toml_passes_check_config(tmp_path):
 
 def test_pixel_toml_documents_every_option():
     """Every key that config.py reads appears in the annotated example."""
-    from pixel_wsgi.config import Config, DispatchConfig, Limits, SourceConfig
+    from pixel_wsgi.config import Config, DispatchConfig, Limits, MetricsConfig, SourceConfig
 
     text = (EXAMPLES / "pixel.toml").read_text()
-    keys = {field for cls in (Limits, SourceConfig, DispatchConfig) for field in cls.__dataclass_fields__}
-    keys |= set(Config.__dataclass_fields__) - {"sources", "destinations", "limits", "spool", "dispatch"}
+    keys = {field for cls in (Limits, SourceConfig, DispatchConfig, MetricsConfig) for field in cls.__dataclass_fields__}
+    keys |= set(Config.__dataclass_fields__) - {"sources", "destinations", "limits", "spool", "dispatch", "metrics"}
     missing = sorted(key for key in keys if not re.search(rf"^\s*{key}\s*=", text, re.M))
     assert missing == []
 

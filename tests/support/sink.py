@@ -135,7 +135,9 @@ class _Handler(BaseHTTPRequestHandler):
 class Sink:
     """An HTTP server in a thread; see the module docstring."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, host: str = "127.0.0.1") -> None:
+        # ``host``: another local address only for a network namespace the test created.
+        self.host = host
         self.port = port
         self.default = Reply()
         self.fail_rate = 0.0
@@ -149,7 +151,7 @@ class Sink:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     # -- controls -------------------------------------------------------------------
 
@@ -159,7 +161,7 @@ class Sink:
             self._script.extend(replies)
 
     def start(self) -> Sink:
-        server = _Server(("127.0.0.1", self.port), _Handler)
+        server = _Server((self.host, self.port), _Handler)
         server.sink = self
         self.port = server.server_address[1]
         self._server = server
