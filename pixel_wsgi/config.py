@@ -7,6 +7,7 @@ fail at the first request. ``${NAME}`` in any string is read from the environmen
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import sys
@@ -25,7 +26,12 @@ CONFIG_ENV_VAR = "PIXEL_WSGI_CONFIG"
 IP_MODES = ("full", "anonymize", "drop")
 UNKNOWN_PARAM_MODES = ("ignore", "reject", "keep")
 RESPONSE_BODIES = ("gif", "ok")
+MACHINE_OPEN_MODES = ("flag", "drop")
+# An HMAC key shorter than this can be guessed offline from one signed URL.
+MIN_SIGNING_SECRET_LENGTH = 16
 
+# "example.com" or "*.example.com": a wildcard only as the whole first label.
+_REDIRECT_HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\Z", re.IGNORECASE)
 _ENV_REFERENCE = re.compile(r"\$\$|\$\{([^}]*)\}")
 
 
@@ -52,6 +58,36 @@ class SourceConfig:
     errors_as_pixel: bool = False
     unknown_params: str = "ignore"
     infer_types: bool = False
+    # "flag" marks opens by mail proxies, prefetchers and bots in context.pixel;
+    # "drop" answers them with the GIF and delivers nothing.
+    machine_opens: str = "flag"
+    # Seconds during which a repeated messageId is answered 200 and not delivered; 0 is off.
+    dedupe_window: float = 0.0
+    # Several secrets so that one can be rotated in while URLs signed with the old one
+    # are still in people's mailboxes; the first one is not special.
+    signing_secrets: tuple[str, ...] = ()
+    require_signature: bool = False
+    # Hosts a click may redirect to without a signature: "example.com", "*.example.com".
+    redirect_hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FetcherConfig:
+    """A program that fetches pixels on a person's behalf (a mail proxy) or on its own (a prefetcher)."""
+
+    name: str
+    machine: bool = True
+    # A regular expression searched in the User-Agent header; None matches any.
+    user_agent: str | None = None
+    # Client networks (CIDR); empty matches any address.
+    networks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DedupeConfig:
+    # None: beside the spool, as "<spool path>.dedupe" (one file per spool, so every
+    # worker that shares the spool shares the messageIds it has seen).
+    path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +125,12 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     dispatch: DispatchConfig = field(default_factory=DispatchConfig)
+    # Requests whose source cannot be known (no or an unknown writeKey) answered as a GIF.
+    errors_as_pixel: bool = False
+    # Where Segment's pixel API (?data=<base64 JSON>) is served; None is off.
+    segment_prefix: str | None = None
+    fetchers: tuple[FetcherConfig, ...] = ()
+    dedupe: DedupeConfig = field(default_factory=DedupeConfig)
 
     def destinations_for(self, source: SourceConfig) -> tuple[str, ...]:
         if source.destinations is None:
@@ -270,6 +312,16 @@ def _build_config(raw: Mapping[str, Any], errors: list[str]) -> Config:
     spool = SpoolConfig(path=spool_reader.nonempty_string("path", "pixel-spool.sqlite3"))
     spool_reader.reject_unknown()
     dispatch = _build_dispatch(OptionReader(top.table_of("dispatch"), "dispatch", errors))
+    errors_as_pixel = top.boolean("errors_as_pixel", False)
+    segment_prefix = top.string("segment_prefix", None)
+    if segment_prefix is not None and (not segment_prefix.startswith("/") or segment_prefix.endswith("/")):
+        top.error("segment_prefix", "must start with '/' and not end with '/'")
+    elif segment_prefix is not None and segment_prefix == prefix:
+        top.error("segment_prefix", "must differ from prefix")
+    fetchers = _build_fetchers(top, errors)
+    dedupe_reader = OptionReader(top.table_of("dedupe"), "dedupe", errors)
+    dedupe = DedupeConfig(path=dedupe_reader.nonempty_string("path", None))
+    dedupe_reader.reject_unknown()
     raw_destinations = top.table_of("destinations")
     destinations = dict(_build_destinations(raw_destinations, errors))
 
@@ -294,7 +346,43 @@ def _build_config(raw: Mapping[str, Any], errors: list[str]) -> Config:
         limits=limits,
         spool=spool,
         dispatch=dispatch,
+        errors_as_pixel=errors_as_pixel,
+        segment_prefix=segment_prefix,
+        fetchers=fetchers,
+        dedupe=dedupe,
     )
+
+
+def _build_fetchers(top: OptionReader, errors: list[str]) -> tuple[FetcherConfig, ...]:
+    raw = top._get("fetchers", (list,), "a list of [[fetchers]] tables", [], False)
+    built = []
+    for index, item in enumerate(raw):
+        path = f"fetchers[{index}]"
+        if not isinstance(item, dict):
+            errors.append(f"{path}: must be a table")
+            continue
+        reader = OptionReader(item, path, errors)
+        fetcher = FetcherConfig(
+            name=reader.nonempty_string("name", "", required=True),
+            machine=reader.boolean("machine", True),
+            user_agent=reader.nonempty_string("user_agent", None),
+            networks=reader.string_list("networks") or (),
+        )
+        if fetcher.user_agent is None and not fetcher.networks:
+            errors.append(f"{path}: needs user_agent, networks or both (it would match every request)")
+        if fetcher.user_agent is not None:
+            try:
+                re.compile(fetcher.user_agent)
+            except re.error as exc:
+                reader.error("user_agent", f"not a regular expression ({exc})")
+        for position, network in enumerate(fetcher.networks):
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                errors.append(f"{path}.networks[{position}]: not a network in CIDR notation: {network!r}")
+        reader.reject_unknown()
+        built.append(fetcher)
+    return tuple(built)
 
 
 def _build_limits(reader: OptionReader) -> Limits:
@@ -356,7 +444,20 @@ def _build_source(raw: Any, path: str, destinations: Mapping[str, DestinationCon
         errors_as_pixel=reader.boolean("errors_as_pixel", False),
         unknown_params=reader.string("unknown_params", "ignore", choices=UNKNOWN_PARAM_MODES),
         infer_types=reader.boolean("infer_types", False),
+        machine_opens=reader.string("machine_opens", "flag", choices=MACHINE_OPEN_MODES),
+        dedupe_window=reader.number("dedupe_window", 0.0),
+        signing_secrets=reader.string_list("signing_secrets") or (),
+        require_signature=reader.boolean("require_signature", False),
+        redirect_hosts=reader.string_list("redirect_hosts") or (),
     )
+    for index, secret in enumerate(source.signing_secrets):
+        if len(secret) < MIN_SIGNING_SECRET_LENGTH:
+            errors.append(f"{path}.signing_secrets[{index}]: must be at least {MIN_SIGNING_SECRET_LENGTH} characters")
+    if source.require_signature and not source.signing_secrets:
+        reader.error("require_signature", "needs signing_secrets")
+    for index, host in enumerate(source.redirect_hosts):
+        if not _REDIRECT_HOST.match(host):
+            errors.append(f"{path}.redirect_hosts[{index}]: not a host name or *.domain: {host!r}")
     reader.reject_unknown()
     return source
 
