@@ -63,7 +63,7 @@ MAIL_CLIENT_PATTERNS = frozenset(
         r"Canary%20Mail",
         r"^Mail\/",
         r"YahooMailProxy",
-        r"ms-office",
+        r"via ggpht\.com GoogleImageProxy",
     }
 )
 
