@@ -141,11 +141,12 @@ class PixelApp:
         source: SourceConfig | None = None
         grouped: Dict[str, List[str]] | None = None
         try:
-            grouped = split_query(query, self.config.limits)
+            parameters = grouped = split_query(query, self.config.limits)
             if segment:
-                grouped = expand_data(grouped, self.config.limits)
+                grouped = expand_data(parameters, self.config.limits)
             source = self._source(grouped)
-            self._verify_signature(grouped, source)
+            # The signature covers the URL's own parameters: for Segment's form, `data` as sent.
+            self._verify_signature(parameters, source)
             event = self._build_event(event_type, grouped, source, environ)
         except RequestRejected as rejection:
             if source is None:
