@@ -96,6 +96,8 @@ class PixelApp:
         # The exact paths answer GET and HEAD: a dict lookup settles nearly every
         # request; anything else (405, 404) still goes through the Map.
         self._endpoints_by_path = routes
+        # Every path answered (page, track, click, Segment's): what PixelMiddleware takes over.
+        self.all_paths = tuple(routes)
         self._destination_names = {source.name: self.config.destinations_for(source) for source in self.config.sources}
 
     # -- WSGI ---------------------------------------------------------------

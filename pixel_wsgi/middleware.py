@@ -2,8 +2,9 @@
 
 Use it when the site is already a WSGI app (Pyramid's ``config.make_wsgi_app()``,
 ``bottle.default_app()``, Flask's ``app.wsgi_app``, Django's ``get_wsgi_application()``)
-and the pixel should live on the same host and port. Exactly two paths are answered,
-``{prefix}/page`` and ``{prefix}/track``; every other request reaches the wrapped app
+and the pixel should live on the same host and port. Exactly the pixel's paths are
+answered, ``{prefix}/page``, ``{prefix}/track`` and ``{prefix}/click`` (and
+``{segment_prefix}/page|track`` when set); every other request reaches the wrapped app
 untouched: the same environ, the same ``start_response``, and its body iterable
 returned as it is, so streaming and ``close()`` work as before.
 
@@ -31,7 +32,7 @@ class PixelMiddleware:
     ) -> None:
         self.app = app
         self.pixel_app = config if isinstance(config, PixelApp) else PixelApp(config)
-        self.pixel_paths = frozenset(self.pixel_app.paths)
+        self.pixel_paths = frozenset(self.pixel_app.all_paths)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO") in self.pixel_paths:
