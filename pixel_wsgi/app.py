@@ -249,7 +249,9 @@ class PixelApp:
         try:
             self.dedupe.release(source.name, message_id)
         except Exception:
-            logger.exception("dedupe store %s failed to release messageId %s: a retry within the window is dropped", self.dedupe.path, message_id)
+            logger.exception(
+                "dedupe store %s failed to release messageId %s: a retry within the window is dropped", self.dedupe.path, message_id
+            )
 
     def _source(self, grouped: Dict[str, List[str]]) -> SourceConfig:
         values = grouped.get("writeKey")

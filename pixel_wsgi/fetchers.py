@@ -176,4 +176,3 @@ class FetcherClassifier:
             if fetcher.matches_address(address):
                 return fetcher
         return BOT if bot else None
-

@@ -70,9 +70,7 @@ def _pairs(grouped: Mapping[str, Sequence[str]]) -> Iterable[Tuple[str, str]]:
             yield name, value
 
 
-def verify(
-    grouped: Mapping[str, Sequence[str]], secrets: Sequence[str], *, required: bool, now: float | None = None
-) -> bool:
+def verify(grouped: Mapping[str, Sequence[str]], secrets: Sequence[str], *, required: bool, now: float | None = None) -> bool:
     """Check ``sig`` and ``exp`` of one request's decoded parameters.
 
     Returns whether the request carries a valid signature (``False`` when it carries

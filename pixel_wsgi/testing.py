@@ -33,7 +33,18 @@ def memory_config(write_key: str = "test-write-key", **source_options: Any) -> d
 
 
 _TOP_LEVEL_OPTIONS = frozenset(
-    {"prefix", "response_body", "trusted_proxies", "limits", "cors_allow_origin", "dispatch", "spool", "segment_prefix", "fetchers", "dedupe"}
+    {
+        "prefix",
+        "response_body",
+        "trusted_proxies",
+        "limits",
+        "cors_allow_origin",
+        "dispatch",
+        "spool",
+        "segment_prefix",
+        "fetchers",
+        "dedupe",
+    }
 )
 
 

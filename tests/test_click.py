@@ -166,7 +166,9 @@ def test_raw_query_tricks_are_refused(raw):
     [
         pytest.param("writeKey=test-write-key&userId=u", 400, "url: required", id="no-url"),
         pytest.param("writeKey=test-write-key&userId=u&url=", 400, "url: required", id="empty-url"),
-        pytest.param("writeKey=test-write-key&userId=u&url=https://example.com&url=https://evil.com", 400, "url: given more than once", id="twice"),
+        pytest.param(
+            "writeKey=test-write-key&userId=u&url=https://example.com&url=https://evil.com", 400, "url: given more than once", id="twice"
+        ),
         pytest.param("userId=u&url=https://example.com", 400, "writeKey: required", id="no-write-key"),
         pytest.param("writeKey=nope&userId=u&url=https://example.com", 401, "invalid write key", id="unknown-write-key"),
     ],

@@ -31,10 +31,10 @@ THUNDERBIRD = "Mozilla/5.0 (X11; Linux x86_64; rv:115.0) Gecko/20100101 Thunderb
 CHROME_WINDOWS = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"
 EDGE = CHROME_WINDOWS + " Edg/120.0.0.0"
 FIREFOX = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:121.0) Gecko/20100101 Firefox/121.0"
-SAFARI_IPHONE = (
-    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1"
+SAFARI_IPHONE = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1"
+CHROME_ANDROID = (
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.6099.144 Mobile Safari/537.36"
 )
-CHROME_ANDROID = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.6099.144 Mobile Safari/537.36"
 
 PEOPLE = [
     pytest.param(OUTLOOK_DESKTOP, id="outlook-desktop"),
@@ -60,7 +60,8 @@ BOTS = [
     pytest.param("LinkChecker/10.2.1 (+https://linkchecker.github.io/linkchecker/)", id="linkchecker"),
     pytest.param("W3C-checklink/4.81 libwww-perl/6.72", id="w3c-checklink"),
     pytest.param(
-        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/120.0.0.0 Safari/537.36", id="headless-chrome"
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/120.0.0.0 Safari/537.36",
+        id="headless-chrome",
     ),
     pytest.param("curl/8.4.0", id="curl"),
     pytest.param("python-requests/2.31.0", id="python-requests"),
@@ -165,7 +166,9 @@ SCANNER_FETCHERS = [
     [
         pytest.param(CHROME_WINDOWS, "198.51.100.20", {"fetcher": "acme-mail-gateway", "machine": True}, id="network-v4"),
         pytest.param(CHROME_WINDOWS, "2001:db8:100::5", {"fetcher": "acme-mail-gateway", "machine": True}, id="network-v6"),
-        pytest.param("PreviewBot/2 (+https://example.com)", "203.0.113.7", {"fetcher": "newsletter-preview", "machine": True}, id="ua-regex"),
+        pytest.param(
+            "PreviewBot/2 (+https://example.com)", "203.0.113.7", {"fetcher": "newsletter-preview", "machine": True}, id="ua-regex"
+        ),
         pytest.param(OUTLOOK_DESKTOP, "203.0.113.7", {"fetcher": "outlook", "machine": False}, id="labels-a-person"),
         pytest.param(GMAIL, "198.51.100.20", {"fetcher": "acme-mail-gateway", "machine": True}, id="configured-first"),
         pytest.param(CHROME_WINDOWS, "198.51.101.20", None, id="outside-the-network"),
@@ -256,8 +259,8 @@ def test_machine_opens_drop_answers_the_gif_and_delivers_nothing(caplog):
     client = TestApp(app)
     prefetch = open_pixel(client, APPLE_PREFETCH, address="17.58.96.10")
     scan = open_pixel(client, "Mozilla/5.0 (compatible; Barracuda Sentinel (EE))")
-    gmail = open_pixel(client, GMAIL, address="66.249.84.1")
-    person = open_pixel(client, THUNDERBIRD)
+    open_pixel(client, GMAIL, address="66.249.84.1")
+    open_pixel(client, THUNDERBIRD)
     assert prefetch.status_int == scan.status_int == 200
     assert prefetch.content_type == "image/gif"
     # Gmail's proxy fetches when a person opens: a real open, flagged but kept.

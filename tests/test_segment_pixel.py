@@ -148,7 +148,9 @@ def test_a_signature_covers_the_data_parameter():
         pytest.param(base64.b64encode(b'"text"').decode(), "data: must be a JSON object", id="string"),
         pytest.param(base64.b64encode(b"[" * 100_00 + b"]" * 100_00).decode(), "data: ", id="deeply-nested-array"),
         pytest.param(base64.b64encode(b'{"a":' * 3000 + b"1" + b"}" * 3000).decode(), "data: ", id="deeply-nested-object"),
-        pytest.param(base64.b64encode(b'{"a":' * 100 + b"1" + b"}" * 100).decode(), "data: nested deeper than the limit of 32", id="over-max-depth"),
+        pytest.param(
+            base64.b64encode(b'{"a":' * 100 + b"1" + b"}" * 100).decode(), "data: nested deeper than the limit of 32", id="over-max-depth"
+        ),
         pytest.param(base64.b64encode(b'{"properties": {"a.b": 1}}').decode(), "data: name 'a.b'", id="dotted-name"),
         pytest.param(base64.b64encode(b'{"properties": {"x": NaN}}').decode(), "data: properties.x is not a value", id="nan"),
         pytest.param(base64.b64encode(b'{"properties": {"x": 1e999}}').decode(), "data: properties.x is not a value", id="infinity"),
@@ -170,7 +172,11 @@ def test_bad_data_is_a_400_naming_data(segment, data, reason, caplog):
         pytest.param({"userId": "u", "event": "x"}, "writeKey: required", id="no-write-key"),
         pytest.param({"writeKey": WRITE_KEY, "event": "x"}, "anonymousId", id="no-user"),
         pytest.param({"writeKey": WRITE_KEY, "userId": "u"}, "event", id="no-event"),
-        pytest.param({"writeKey": WRITE_KEY, "userId": "u", "event": "x", "properties": {"revenue": "lots"}}, "properties.revenue: must be a number", id="typed"),
+        pytest.param(
+            {"writeKey": WRITE_KEY, "userId": "u", "event": "x", "properties": {"revenue": "lots"}},
+            "properties.revenue: must be a number",
+            id="typed",
+        ),
     ],
 )
 def test_the_data_goes_through_the_same_validation(segment, call, reason):
