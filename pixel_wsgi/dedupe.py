@@ -41,6 +41,10 @@ CLAIM = (
     "INSERT INTO seen (source, message_id, expires_at) VALUES (?, ?, ?)"
     " ON CONFLICT (source, message_id) DO UPDATE SET expires_at = excluded.expires_at WHERE seen.expires_at <= ?"
 )
+# How long a claim waits for another process's write before giving up and delivering
+# anyway: well inside the dispatch budget (3 s by default), and far longer than a claim
+# takes, so only a stuck writer (a backup holding a lock) makes duplicates.
+BUSY_TIMEOUT_MS = 1000
 # Expired rows are removed every this many claims per process, so the file stays the
 # size of one window's traffic without a timer thread.
 PURGE_EVERY = 1000
@@ -69,7 +73,9 @@ class DedupeStore:
     def _open(self) -> sqlite3.Connection:
         # Created private before SQLite opens it; its -wal and -shm files take its mode.
         os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
-        return open_wal_database(self.path, SCHEMA)
+        connection = open_wal_database(self.path, SCHEMA)
+        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        return connection
 
     def claim(self, source: str, message_id: str, window: float, now: float | None = None) -> bool:
         """``True``: first time within the window, deliver it; ``False``: a duplicate.

@@ -158,6 +158,10 @@ class FetcherClassifier:
     def __init__(self, configured: Iterable[FetcherConfig] = (), *, use_database: bool = True) -> None:
         self.fetchers: Tuple[Fetcher, ...] = tuple(Fetcher.from_config(item) for item in configured) + BUILT_IN_FETCHERS
         self.use_database = use_database
+        if use_database:
+            # Compiled here, not on the first request: ~1,400 alternatives take tens of
+            # milliseconds, and a --preload fork then shares the compiled expression.
+            _bot_user_agent()
         # Per user agent: the fetchers whose user_agent matches, in order, and whether
         # the database calls it a bot. The address is checked per request (it varies).
         self._by_user_agent: Callable[[str], Tuple[Tuple[Fetcher, ...], bool]] = lru_cache(maxsize=USER_AGENT_CACHE_SIZE)(

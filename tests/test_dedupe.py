@@ -206,3 +206,36 @@ def test_dedupe_holds_across_two_gunicorn_workers(tmp_path):
         assert {status for status, _, _ in answers} == {200}
     ids = [row["event"]["messageId"] for row in read_events(str(store))]
     assert sorted(ids) == ["across-workers", "race"]
+
+
+def test_a_dedupe_file_locked_by_another_process_delivers_anyway(tmp_path, caplog):
+    """A backup or a stuck process holds the write lock: the claim gives up after its
+    busy timeout and the event is delivered (and the failure logged), never lost."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "seen.sqlite3"
+    app, events = memory_app(dedupe_window=60, dedupe={"path": str(path)})
+    client = TestApp(app)
+    client.get(OPEN + "before")  # creates the file
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); c.execute('BEGIN IMMEDIATE');"
+            " print('locked', flush=True); sys.stdin.read()",
+            str(path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        client.get(OPEN + "while-locked")
+        client.get(OPEN + "while-locked")
+    finally:
+        holder.communicate("", timeout=10)
+    assert [event["messageId"] for event in events] == ["before", "while-locked", "while-locked"]
+    assert "without deduplication" in caplog.text
+    app.close()
