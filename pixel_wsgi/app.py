@@ -216,27 +216,33 @@ class PixelApp:
         fetcher = self.fetchers.classify(environ.get("HTTP_USER_AGENT"), client_address(environ, self.config.trusted_proxies))
         if fetcher is not None:
             for observer in self.fetcher_observers:
-                observer(source.name, fetcher)
+                try:
+                    observer(source.name, fetcher)
+                except Exception:  # counting must never cost an event
+                    logger.exception("fetcher observer %r failed", observer)
             if fetcher.machine and source.machine_opens == "drop":
                 logger.debug("machine open by %s dropped (source %s)", fetcher.name, source.name)
                 return True
             context["pixel"] = fetcher.context
         message_id = event["messageId"]
+        # Machine fetches are deduplicated apart from people's: a scanner that fetched the
+        # pixel first must not make the reader's own open a "duplicate".
+        scope = source.name if fetcher is None or not fetcher.machine else f"{source.name} (machine)"
         # Only a client's own messageId can repeat; a generated UUID never needs the lookup.
-        claimed = source.dedupe_window > 0 and "messageId" in grouped and self._claim(source, message_id)
+        claimed = source.dedupe_window > 0 and "messageId" in grouped and self._claim(source, scope, message_id)
         if claimed is None:
             return True  # a duplicate within the window: already delivered or spooled
         if self.dispatcher.dispatch(Payload(event, source.name), self._destination_names[source.name]):
             return True
         if claimed:
-            self._release(source, message_id)
+            self._release(scope, message_id)
         return False
 
-    def _claim(self, source: SourceConfig, message_id: str) -> bool | None:
+    def _claim(self, source: SourceConfig, scope: str, message_id: str) -> bool | None:
         """``True``: claimed; ``None``: a duplicate; ``False``: the dedupe file failed (deliver anyway)."""
         assert self.dedupe is not None
         try:
-            if self.dedupe.claim(source.name, message_id, source.dedupe_window):
+            if self.dedupe.claim(scope, message_id, source.dedupe_window):
                 return True
         except Exception:  # a duplicate is better than a lost event
             logger.exception("dedupe store %s failed; delivering messageId %s without deduplication", self.dedupe.path, message_id)
@@ -244,10 +250,10 @@ class PixelApp:
         logger.info("duplicate messageId %s within %gs (source %s): not delivered again", message_id, source.dedupe_window, source.name)
         return None
 
-    def _release(self, source: SourceConfig, message_id: str) -> None:
+    def _release(self, scope: str, message_id: str) -> None:
         assert self.dedupe is not None
         try:
-            self.dedupe.release(source.name, message_id)
+            self.dedupe.release(scope, message_id)
         except Exception:
             logger.exception(
                 "dedupe store %s failed to release messageId %s: a retry within the window is dropped", self.dedupe.path, message_id

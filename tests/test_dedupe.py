@@ -239,3 +239,25 @@ def test_a_dedupe_file_locked_by_another_process_delivers_anyway(tmp_path, caplo
     assert [event["messageId"] for event in events] == ["before", "while-locked", "while-locked"]
     assert "without deduplication" in caplog.text
     app.close()
+
+
+def test_a_scanners_fetch_does_not_swallow_the_readers_open(deduped):
+    """Machine fetches are deduplicated apart from people's opens."""
+    client, events, _ = deduped
+    scanner = {"HTTP_USER_AGENT": "Mozilla/5.0 (compatible; Barracuda Sentinel (EE))"}
+    reader = {"HTTP_USER_AGENT": "Mozilla/5.0 (X11; Linux x86_64; rv:115.0) Gecko/20100101 Thunderbird/115.6.0"}
+    for environ in (scanner, scanner, reader, reader):
+        client.get(OPEN + "campaign-1-user-1", extra_environ=environ)
+    assert [event["context"].get("pixel") for event in events] == [{"fetcher": "bot", "machine": True}, None]
+
+
+def test_a_failing_observer_costs_no_event(caplog):
+    app, events = memory_app()
+
+    def broken(source, fetcher):
+        raise RuntimeError("metrics backend down")
+
+    app.fetcher_observers.append(broken)
+    TestApp(app).get(OPEN + "m", extra_environ={"HTTP_USER_AGENT": "curl/8.4.0"})
+    assert len(events) == 1
+    assert "fetcher observer" in caplog.text and "metrics backend down" in caplog.text
