@@ -7,6 +7,8 @@ the reason for ``MAIL_CLIENT_PATTERNS``: crawlerdetect lists Outlook as a crawle
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from crawlerdetect import CrawlerDetect
 from webtest import TestApp
@@ -145,7 +147,7 @@ def test_classification_is_cached_per_user_agent_and_bounded():
 
 
 def test_a_huge_user_agent_is_cut_before_matching():
-    assert classify("x" * 100_000 + "Googlebot") is None
+    assert classify("x" * 100_000 + "Googlebot") is None  # beyond MAX_USER_AGENT_LENGTH
     assert classify("Googlebot" + "x" * 100_000) is not None
 
 
@@ -291,3 +293,42 @@ def test_every_mail_client_exception_is_still_in_the_database():
     from pixel_wsgi.fetchers import MAIL_CLIENT_PATTERNS
 
     assert MAIL_CLIENT_PATTERNS <= set(data)
+
+
+EXTRA_USER_AGENTS = [
+    "Mozilla/5.0 (compatible; SemrushBot/7~bl; +http://www.semrush.com/bot.html)",
+    "Go-http-client/1.1",
+    "Wget/1.21",
+    "Mozilla/5.0 (compatible; MSIE 9.0; Windows NT 6.1; Trident/5.0) BingPreview/1.0b",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36 Proofpoint",
+    "Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) SamsungBrowser/23.0 Chrome/115.0.0.0 Mobile Safari/537.36",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 16_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 [FBAN/FBIOS;FBAV/430.0]",
+    "my-uptime-checker/2.0",
+    "SuperFetcher",
+    "A" * 600,
+    "bo" * 300 + "bot",
+]
+
+
+@pytest.mark.parametrize("user_agent", [*(p.values[0] for p in PEOPLE + BOTS), GMAIL, YAHOO, APPLE_PREFETCH, *EXTRA_USER_AGENTS])
+def test_our_compiled_database_answers_like_crawlerdetect(user_agent):
+    """The database is compiled for speed (lower-cased, without IGNORECASE, without
+    optional prefixes that make a search quadratic): outside the mail clients, it must
+    still say exactly what crawlerdetect says."""
+    from pixel_wsgi.fetchers import MAIL_CLIENT_PATTERNS, MAX_USER_AGENT_LENGTH
+
+    cut = user_agent[:MAX_USER_AGENT_LENGTH]
+    detector = CrawlerDetect()
+    expected = detector.isCrawler(cut) and detector.getMatches() is not None
+    matched_mail_client = expected and any(re.search(pattern, cut, re.IGNORECASE) for pattern in MAIL_CLIENT_PATTERNS)
+    if not matched_mail_client:
+        assert is_bot_user_agent(cut) is expected
+
+
+def test_no_pattern_can_make_the_search_quadratic():
+    """A leading ``[...]*`` makes a search over a long run of its characters quadratic."""
+    from pixel_wsgi.fetchers import _bot_user_agent
+
+    _, crawlers = _bot_user_agent()
+    assert r"[a-z0-9\-_]*(bot" not in crawlers.pattern
+    assert "(bot|crawl|headless" in crawlers.pattern
