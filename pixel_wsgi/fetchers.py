@@ -17,16 +17,16 @@ ordinary browser or mail client. The order of the checks is the rule:
    (``MAIL_CLIENT_PATTERNS``): crawlerdetect is written for web sites, where Outlook
    fetching a page is not a visitor; for an email pixel, Outlook is the reader.
 
-Why ``crawlerdetect`` and not Matomo's ``device-detector`` port: crawlerdetect is one
-regular expression over ~1,400 maintained patterns (a 116 KB package, no
-dependencies, a few hundred microseconds for an uncached user agent), and it knows
-curl, python-requests, link checkers and headless browsers. device-detector is 20 MB
-of YAML, takes 10-2,000 ms to parse one uncached user agent, and calls curl a client,
-not a bot. Both call ``GoogleImageProxy`` a bot, which is why the built-in fetchers are
-checked first.
+Why ``crawlerdetect`` and not Matomo's ``device-detector`` port: crawlerdetect is
+~1,400 maintained patterns (a 116 KB package, no dependencies), and it knows curl,
+python-requests, link checkers and headless browsers. device-detector is 20 MB of YAML,
+takes 10-2,000 ms to parse one uncached user agent, and calls curl a client, not a bot.
+Both call ``GoogleImageProxy`` a bot, which is why the built-in fetchers are checked
+first.
 
-Cheap per request: user-agent matching is cached per user-agent string (bounded LRU),
-and only fetchers with ``networks`` look at the address.
+Cheap per request: the patterns are compiled once (see ``_bot_user_agent`` for how and
+why not as crawlerdetect compiles them), user-agent matching is cached per user-agent
+string (bounded LRU), and only fetchers with ``networks`` look at the address.
 """
 
 from __future__ import annotations
