@@ -182,7 +182,11 @@ def test_dedupe_holds_across_two_gunicorn_workers(tmp_path):
         },
     )
     env = {**environment(), "PIXEL_WSGI_CONFIG": str(config)}
-    with gunicorn("tests.support.worker_pid:create_app()", output=tmp_path / "gunicorn.log", env=env, workers=2) as server:
+    # --preload: the app is built once in the master and forked, the harder case for
+    # anything opened too early.
+    with gunicorn(
+        "tests.support.worker_pid:create_app()", output=tmp_path / "gunicorn.log", env=env, workers=2, args=["--preload"]
+    ) as server:
         # One connection per request: keep sending the same open until two different
         # workers have answered it (each with a 200).
         pids = set()

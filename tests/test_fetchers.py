@@ -240,6 +240,13 @@ def test_apples_prefetcher_behind_a_trusted_proxy_is_found_by_the_forwarded_addr
     assert "pixel" not in events[1]["context"]
 
 
+def test_a_forwarded_for_header_is_ignored_without_trusted_proxies():
+    """A client cannot pass for Apple's prefetcher by writing X-Forwarded-For itself."""
+    app, events = memory_app()
+    open_pixel(TestApp(app), APPLE_PREFETCH, address="203.0.113.7", HTTP_X_FORWARDED_FOR="17.58.96.10")
+    assert "pixel" not in events[0]["context"]
+
+
 def test_the_fetcher_is_found_with_ip_anonymize_and_drop():
     for mode in ("anonymize", "drop"):
         app, events = memory_app(ip=mode)
