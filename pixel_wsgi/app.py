@@ -1,4 +1,4 @@
-"""``PixelApp``: the WSGI application that answers ``{prefix}/page`` and ``{prefix}/track``.
+"""``PixelApp``: the WSGI application that answers ``{prefix}/page``, ``/track`` and ``/click``.
 
 A request flows one way: routing → ``parsing`` (query string → nested dict) →
 ``schemas`` (validate, type) → ``event`` (fields the server adds) → ``dispatch``.
@@ -18,20 +18,25 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
 from .config import Config, SourceConfig, load_config
+from .dedupe import DedupeStore, default_path
 from .destinations import Destination, Payload
 from .dispatch import Dispatcher
 from .drainer import Drainer
 from .errors import RequestRejected, bad_parameter
-from .event import complete_event
+from .event import client_address, complete_event
+from .fetchers import FetcherClassifier
 from .health import HealthCheck
 from .hostlogs import use_gunicorn_error_log
 from .logsafe import log_safe
 from .masking import mask_write_key
 from .observer import Observer, combine
 from .parsing import nest, split_query, top_level_name
+from .redirects import RedirectPolicy
 from .replay import Replayer
 from .responses import Responses
 from .schemas import EventSchemas, format_errors
+from .segment_pixel import expand_data
+from .signing import SIGNATURE_PARAMETERS, verify
 from .spool import Spool, SpoolFull
 
 if TYPE_CHECKING:
@@ -40,8 +45,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ENDPOINTS = ("page", "track")
+CLICK = "click"
+# Endpoints under segment_prefix: Segment's pixel API, with ?data=<base64 JSON>.
+SEGMENT_ENDPOINTS = {"segment-page": "page", "segment-track": "track"}
 # Parameters the server owns: never copied from the query, whatever unknown_params says.
-SERVER_OWNED_PARAMETERS = frozenset({"writeKey", "type", "receivedAt", "integrations"})
+SERVER_OWNED_PARAMETERS = frozenset({"writeKey", "type", "receivedAt", "integrations"}) | SIGNATURE_PARAMETERS
+CLICK_EVENT = "Link Clicked"
 
 Handler = Callable[["WSGIEnvironment", "StartResponse"], Iterable[bytes]]
 
@@ -70,18 +79,29 @@ class PixelApp:
         self.sources_by_write_key = {source.write_key: source for source in self.config.sources}
         self.schemas = EventSchemas()
         self.responses = Responses(self.config)
+        self.fetchers = FetcherClassifier(self.config.fetchers)
+        self.redirect_policies = {source.name: RedirectPolicy(source.redirect_hosts) for source in self.config.sources}
+        self.dedupe: DedupeStore | None = None
+        if any(source.dedupe_window > 0 for source in self.config.sources):
+            self.dedupe = DedupeStore(self.config.dedupe.path or default_path(self.config.spool.path))
+            self.dedupe.check()
         prefix = self.config.prefix
         self.paths = tuple(f"{prefix}/{endpoint}" for endpoint in ENDPOINTS)
+        routes = dict(zip(self.paths, ENDPOINTS))
+        routes[f"{prefix}/{CLICK}"] = CLICK
+        if self.config.segment_prefix is not None:
+            for endpoint, event_type in SEGMENT_ENDPOINTS.items():
+                routes[f"{self.config.segment_prefix}/{event_type}"] = endpoint
         # merge_slashes would answer `//page` with a redirect: a pixel never follows one.
         self.url_map = Map(
-            [Rule(path, endpoint=endpoint, methods=["GET", "HEAD"]) for path, endpoint in zip(self.paths, ENDPOINTS)],
+            [Rule(path, endpoint=endpoint, methods=["GET", "HEAD"]) for path, endpoint in routes.items()],
             merge_slashes=False,
         )
         # Bound once: matching needs only PATH_INFO and the method, never the host.
         self._url_adapter = self.url_map.bind("localhost")
-        # The two exact paths answer GET and HEAD: a dict lookup settles nearly every
+        # The exact paths answer GET and HEAD: a dict lookup settles nearly every
         # request; anything else (405, 404) still goes through the Map.
-        self._endpoints_by_path = dict(zip(self.paths, ENDPOINTS))
+        self._endpoints_by_path = routes
         self._destination_names = {source.name: self.config.destinations_for(source) for source in self.config.sources}
         # Told about every accepted event, rejection and delivery (metrics, the debugger).
         self.observer: Observer | None = None
@@ -94,8 +114,9 @@ class PixelApp:
             self.observer = metrics
             self.operations[self.config.metrics.path] = metrics.endpoint
         self.dispatcher.observer = self.observer
-        # Every path this app answers, for PixelMiddleware.
-        self.owned_paths = frozenset((*self.paths, *self.operations))
+        # Every path this app answers (pixels, click, Segment's, health, metrics): what
+        # PixelMiddleware takes over from the site it wraps.
+        self.owned_paths = frozenset((*routes, *self.operations))
 
     def observe(self, observer: Observer) -> None:
         """Add an observer (the debugger of ``pixel-wsgi serve``, an operator's own hook)."""
@@ -124,10 +145,14 @@ class PixelApp:
                 return self.responses.error(start_response, 405, "method not allowed", [("Allow", "GET, HEAD")])
             except NotFound:
                 return self.responses.error(start_response, 404, "not found")
-        if method == "HEAD":
-            # Link scanners and mail prefetchers probe with HEAD: answer, record nothing.
-            return self.responses.success(start_response, head=True)
         try:
+            if endpoint == CLICK:
+                return self.on_click(environ, start_response, head=method == "HEAD")
+            if method == "HEAD":
+                # Link scanners and mail prefetchers probe with HEAD: answer, record nothing.
+                return self.responses.success(start_response, head=True)
+            if endpoint in SEGMENT_ENDPOINTS:
+                return self.on_event(SEGMENT_ENDPOINTS[endpoint], environ, start_response, segment=True)
             return self.on_event(endpoint, environ, start_response)
         except Exception:  # the last line of defence: a bug must not show a traceback
             logger.exception("unexpected error handling %s", log_safe(str(environ.get("PATH_INFO"))))
@@ -136,21 +161,30 @@ class PixelApp:
 
     # -- endpoints ----------------------------------------------------------
 
-    def on_event(self, event_type: str, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        """``page`` and ``track`` differ only in their schema: one handler serves both."""
+    def on_event(
+        self, event_type: str, environ: WSGIEnvironment, start_response: StartResponse, *, segment: bool = False
+    ) -> Iterable[bytes]:
+        """``page`` and ``track`` differ only in their schema: one handler serves both.
+
+        ``segment``: Segment's form, whose parameters may come as ``data=<base64 JSON>``.
+        """
         query = environ.get("QUERY_STRING", "")
         source: SourceConfig | None = None
+        grouped: Dict[str, List[str]] | None = None
         try:
-            grouped = split_query(query, self.config.limits)
+            parameters = grouped = split_query(query, self.config.limits)
+            if segment:
+                grouped = expand_data(parameters, self.config.limits)
             source = self._source(grouped)
+            # The signature covers the URL's own parameters: for Segment's form, `data` as sent.
+            self._verify_signature(parameters, source)
             event = self._build_event(event_type, grouped, source, environ)
         except RequestRejected as rejection:
             if source is None:
-                source = self._source_hint(query)
+                source = self._source_hint(query, grouped)
             return self._reject(rejection, environ, start_response, source)
-        payload = Payload(event, source.name)
         try:
-            safe = self.dispatcher.dispatch(payload, self._destination_names[source.name])
+            safe = self._record(event, source, grouped, environ)
         except SpoolFull:
             return self._reject(RequestRejected(503, "spool is full"), environ, start_response, source)
         if not safe:
@@ -160,7 +194,114 @@ class PixelApp:
             self._notify_accepted(event_type, source, event, grouped)
         return self.responses.success(start_response)
 
+    def on_click(self, environ: WSGIEnvironment, start_response: StartResponse, *, head: bool) -> Iterable[bytes]:
+        """Record a ``track`` event for a clicked link and redirect the person to its ``url``.
+
+        The person's redirect comes first: once the source and the target are known to
+        be good, a mistake in the event's parameters or a lost event is logged and the
+        person still lands where the link said. Refusals before that point (write key,
+        signature, target) are text errors, never a GIF: a person is looking at them.
+        """
+        source: SourceConfig | None = None
+        try:
+            grouped = split_query(environ.get("QUERY_STRING", ""), self.config.limits)
+            source = self._source(grouped)
+            signed = self._verify_signature(grouped, source)
+            targets = grouped.pop("url", None)
+            if not targets or not targets[0]:
+                raise bad_parameter("url: required")
+            if len(targets) > 1:
+                raise bad_parameter("url: given more than once; a single value is required")
+            location = self.redirect_policies[source.name].check(targets[0], signed=signed)
+        except RequestRejected as rejection:
+            return self._reject(rejection, environ, start_response, source, as_pixel=False)
+        if head:
+            # Link scanners probe with HEAD: show where the link goes, record nothing.
+            return self.responses.redirect(start_response, location)
+        if not grouped.get("event", [""])[0]:
+            grouped["event"] = [CLICK_EVENT]
+        grouped["properties.url"] = [location]
+        try:
+            event = self._build_event("track", grouped, source, environ)
+        except RequestRejected as rejection:
+            self._log_rejection(environ, rejection.status, f"click redirected, event not recorded: {rejection.reason}", source)
+            return self.responses.redirect(start_response, location, error=rejection.reason)
+        try:
+            recorded = self._record(event, source, grouped, environ)
+        except SpoolFull:
+            recorded = False
+        if not recorded:
+            logger.error(
+                "click event lost: neither delivered nor spooled (source %s, messageId %s); the person was redirected",
+                source.name,
+                event["messageId"],
+            )
+        return self.responses.redirect(start_response, location)
+
     # -- steps --------------------------------------------------------------
+
+    def _verify_signature(self, grouped: Dict[str, List[str]], source: SourceConfig) -> bool:
+        """Whether the request is signed by the source; a 403 for a bad or missing signature."""
+        if not source.signing_secrets:
+            # No secrets: sig and exp mean nothing to this source and are ignored.
+            return False
+        return verify(grouped, source.signing_secrets, required=source.require_signature)
+
+    def _record(self, event: dict[str, Any], source: SourceConfig, grouped: Dict[str, List[str]], environ: WSGIEnvironment) -> bool:
+        """Classify, deduplicate and dispatch one event; ``False`` only when it was lost."""
+        context = event["context"]
+        # context.pixel is the server's to say, like context.ip.
+        context.pop("pixel", None)
+        fetcher = self.fetchers.classify(environ.get("HTTP_USER_AGENT"), client_address(environ, self.config.trusted_proxies))
+        if fetcher is not None:
+            if self.observer is not None:
+                try:
+                    self.observer.machine_open(fetcher.name)
+                except Exception:  # counting must never cost an event
+                    logger.exception("observer failed on a machine open")
+            if fetcher.machine and source.machine_opens == "drop":
+                logger.debug("machine open by %s dropped (source %s)", fetcher.name, source.name)
+                return True
+            context["pixel"] = fetcher.context
+        message_id = event["messageId"]
+        # Machine fetches are deduplicated apart from people's: a scanner that fetched the
+        # pixel first must not make the reader's own open a "duplicate".
+        scope = source.name if fetcher is None or not fetcher.machine else f"{source.name} (machine)"
+        # Only a client's own messageId can repeat; a generated UUID never needs the lookup.
+        claimed = source.dedupe_window > 0 and "messageId" in grouped and self._claim(source, scope, message_id)
+        if claimed is None:
+            return True  # a duplicate within the window: already delivered or spooled
+        try:
+            if self.dispatcher.dispatch(Payload(event, source.name), self._destination_names[source.name]):
+                return True
+        except SpoolFull:
+            if claimed:
+                self._release(scope, message_id)
+            raise
+        if claimed:
+            self._release(scope, message_id)
+        return False
+
+    def _claim(self, source: SourceConfig, scope: str, message_id: str) -> bool | None:
+        """``True``: claimed; ``None``: a duplicate; ``False``: the dedupe file failed (deliver anyway)."""
+        assert self.dedupe is not None
+        try:
+            if self.dedupe.claim(scope, message_id, source.dedupe_window):
+                return True
+        except Exception:  # a duplicate is better than a lost event
+            logger.exception("dedupe store %s failed; delivering messageId %s without deduplication", self.dedupe.path, message_id)
+            return False
+        logger.info("duplicate messageId %s within %gs (source %s): not delivered again", message_id, source.dedupe_window, source.name)
+        return None
+
+    def _release(self, scope: str, message_id: str) -> None:
+        assert self.dedupe is not None
+        try:
+            self.dedupe.release(scope, message_id)
+        except Exception:
+            logger.exception(
+                "dedupe store %s failed to release messageId %s: a retry within the window is dropped", self.dedupe.path, message_id
+            )
 
     def _source(self, grouped: Dict[str, List[str]]) -> SourceConfig:
         values = grouped.get("writeKey")
@@ -200,8 +341,11 @@ class PixelApp:
             raise bad_parameter("; ".join(format_errors(error.messages))) from None
         return complete_event(event_type, loaded, source, environ, self.config.trusted_proxies, extra)
 
-    def _source_hint(self, query: str) -> SourceConfig | None:
+    def _source_hint(self, query: str, grouped: Dict[str, List[str]] | None) -> SourceConfig | None:
         """The source of a request refused before its write key was read (for errors_as_pixel)."""
+        if grouped is not None:
+            values = grouped.get("writeKey")
+            return self.sources_by_write_key.get(values[0]) if values else None
         for piece in query.split("&"):
             if piece.startswith("writeKey="):
                 try:
@@ -211,12 +355,20 @@ class PixelApp:
         return None
 
     def _reject(
-        self, rejection: RequestRejected, environ: WSGIEnvironment, start_response: StartResponse, source: SourceConfig | None
+        self,
+        rejection: RequestRejected,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        source: SourceConfig | None,
+        *,
+        as_pixel: bool = True,
     ) -> Iterable[bytes]:
         self._log_rejection(environ, rejection.status, rejection.reason, source)
         # A 5xx is never answered as a pixel, even for errors_as_pixel: a 200 would say
-        # the event was accepted when it was lost.
-        if source is not None and source.errors_as_pixel and rejection.status < 500:
+        # the event was accepted when it was lost. The top-level errors_as_pixel covers
+        # requests whose source cannot be known (no or an unknown write key).
+        errors_as_pixel = source.errors_as_pixel if source is not None else self.config.errors_as_pixel
+        if as_pixel and errors_as_pixel and rejection.status < 500:
             return self.responses.success(start_response, error=rejection.reason)
         return self.responses.error(start_response, rejection.status, rejection.reason)
 
@@ -279,6 +431,8 @@ class PixelApp:
         if self.drainer is not None:
             self.drainer.close()
         self.dispatcher.close()
+        if self.dedupe is not None:
+            self.dedupe.close()
 
     def __repr__(self) -> str:
         keys = ", ".join(mask_write_key(source.write_key) for source in self.config.sources)

@@ -36,6 +36,7 @@ from .options import (
     OptionsSchema,
     String,
     StringList,
+    WritableFile,
     flatten_messages,
 )
 from .spool import DEFAULT_MAX_BYTES, spool_file_problem
@@ -47,6 +48,8 @@ else:  # pragma: no cover - exercised on Python < 3.11 only
 
 CONFIG_ENV_VAR = "PIXEL_WSGI_CONFIG"
 
+# "example.com" or "*.example.com": a wildcard only as the whole first label.
+_REDIRECT_HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\Z", re.IGNORECASE)
 _ENV_REFERENCE = re.compile(r"\$\$|\$\{([^}]*)\}")
 
 
@@ -97,6 +100,28 @@ class SourceConfig:
     errors_as_pixel: bool
     unknown_params: str
     infer_types: bool
+    machine_opens: str
+    dedupe_window: float
+    signing_secrets: tuple[str, ...]
+    require_signature: bool
+    redirect_hosts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FetcherConfig:
+    """A program that fetches pixels on a person's behalf (a mail proxy) or on its own (a prefetcher)."""
+
+    name: str
+    machine: bool
+    #: a regular expression searched in the User-Agent header; None matches any
+    user_agent: str | None
+    #: client networks (CIDR); empty matches any address
+    networks: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DedupeConfig:
+    path: str | None
 
 
 @dataclass(frozen=True)
@@ -126,6 +151,12 @@ class Config:
     spool: SpoolConfig
     dispatch: DispatchConfig
     metrics: MetricsConfig
+    #: requests whose source cannot be known (no or an unknown writeKey) answered as a GIF
+    errors_as_pixel: bool
+    #: where Segment's pixel API (?data=<base64 JSON>) is served; None is off
+    segment_prefix: str | None
+    fetchers: tuple[FetcherConfig, ...]
+    dedupe: DedupeConfig
 
     def destinations_for(self, source: SourceConfig) -> tuple[str, ...]:
         if source.destinations is None:
@@ -193,6 +224,52 @@ class MetricsSchema(OptionsSchema):
     allow = Networks(load_default=("127.0.0.0/8", "::1/128"))
 
 
+# An HMAC key shorter than this can be guessed offline from one signed URL.
+MIN_SIGNING_SECRET_LENGTH = 16
+
+
+def _signing_secret(secret: str) -> str:
+    if len(secret) < MIN_SIGNING_SECRET_LENGTH:
+        raise ValueError(f"must be at least {MIN_SIGNING_SECRET_LENGTH} characters")
+    return secret
+
+
+def _redirect_host(host: str) -> str:
+    if not _REDIRECT_HOST.match(host):
+        raise ValueError(f"not a host name or *.domain: {host!r}")
+    return host.lower()
+
+
+class UserAgentPattern(NonEmptyString):
+    def convert(self, value: Any) -> Any:
+        value = super().convert(value)
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValidationError(f"not a regular expression ({exc})") from None
+        return value
+
+
+class FetcherSchema(OptionsSchema):
+    model = FetcherConfig
+    name = NonEmptyString(required=True)
+    machine = Boolean(load_default=True)
+    user_agent = UserAgentPattern(load_default=None)
+    networks = Networks(load_default=())
+
+    @validates_schema(skip_on_field_errors=True)
+    def _matches_something(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data["user_agent"] is None and not data["networks"]:
+            raise ValidationError("needs user_agent, networks or both (it would match every request)")
+
+
+class DedupeSchema(OptionsSchema):
+    model = DedupeConfig
+    # None: beside the spool, as "<spool path>.dedupe" (one file per spool, so every
+    # worker that shares the spool shares the messageIds it has seen).
+    path = WritableFile(load_default=None)
+
+
 class SourceSchema(OptionsSchema):
     model = SourceConfig
     name = NonEmptyString(required=True)
@@ -203,6 +280,22 @@ class SourceSchema(OptionsSchema):
     errors_as_pixel = Boolean(load_default=False)
     unknown_params = Choice(("ignore", "reject", "keep"), load_default="ignore")
     infer_types = Boolean(load_default=False)
+    # "flag" marks opens by mail proxies, prefetchers and bots in context.pixel;
+    # "drop" answers them with the GIF and delivers nothing.
+    machine_opens = Choice(("flag", "drop"), load_default="flag")
+    # Seconds during which a repeated messageId is answered 200 and not delivered; 0 is off.
+    dedupe_window = Number(load_default=0.0, minimum=0)
+    # Several secrets so that one can be rotated in while URLs signed with the old one
+    # are still in people's mailboxes; the first one is not special.
+    signing_secrets = StringList(load_default=(), item=_signing_secret)
+    require_signature = Boolean(load_default=False)
+    # Hosts a click may redirect to without a signature: "example.com", "*.example.com".
+    redirect_hosts = StringList(load_default=(), item=_redirect_host)
+
+    @validates_schema(skip_on_field_errors=True)
+    def _signature_needs_secrets(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data["require_signature"] and not data["signing_secrets"]:
+            raise ValidationError("needs signing_secrets", "require_signature")
 
 
 class CORSOrigin(String):
@@ -266,6 +359,12 @@ class ConfigSchema(OptionsSchema):
     spool = fields.Nested(SpoolSchema, load_default=lambda: SpoolSchema().load({}))
     dispatch = fields.Nested(DispatchSchema, load_default=lambda: DispatchSchema().load({}))
     metrics = fields.Nested(MetricsSchema, load_default=lambda: MetricsSchema().load({}))
+    # Requests whose source cannot be known (no or an unknown writeKey) answered as a GIF,
+    # so that a broken template still shows an image.
+    errors_as_pixel = Boolean(load_default=False)
+    segment_prefix = Prefix(load_default=None)
+    fetchers = Tables(FetcherSchema, load_default=())
+    dedupe = fields.Nested(DedupeSchema, load_default=lambda: DedupeSchema().load({}))
     sources = Tables(SourceSchema, required=True, error_messages={"required": "at least one [[sources]] table is required"})
     destinations = Destinations(
         required=True, error_messages={"required": "at least one destination is required (events must go somewhere)"}
@@ -284,6 +383,11 @@ class ConfigSchema(OptionsSchema):
             and metrics.path in {f"{prefix}/{name}" for name in ("page", "track", "click", "health")}
         ):
             errors["metrics"] = {"path": [f"{metrics.path} is a pixel endpoint; choose another path such as /metrics"]}
+        segment_prefix = data.get("segment_prefix")
+        if segment_prefix == "":
+            errors["segment_prefix"] = ["must start with '/' and not end with '/'"]
+        elif segment_prefix is not None and segment_prefix == prefix:
+            errors["segment_prefix"] = ["must differ from prefix"]
         if destinations is None and isinstance(original.get("destinations"), dict):
             # A destination with mistakes of its own is still there to be named.
             destinations = original["destinations"]

@@ -3,10 +3,11 @@
 Use it when the site is already a WSGI app (Pyramid's ``config.make_wsgi_app()``,
 ``bottle.default_app()``, Flask's ``app.wsgi_app``, Django's ``get_wsgi_application()``)
 and the pixel should live on the same host and port. Only the pixel app's own paths
-are answered (``{prefix}/page``, ``{prefix}/track``, ``{prefix}/health`` and the
-``[metrics] path`` when set); every other request reaches the wrapped app untouched:
-the same environ, the same ``start_response``, and its body iterable returned as it
-is, so streaming and ``close()`` work as before.
+are answered (``{prefix}/page``, ``{prefix}/track``, ``{prefix}/click``,
+``{segment_prefix}/page|track`` when set, ``{prefix}/health`` and the ``[metrics] path``
+when set); every other request reaches the wrapped app untouched: the same environ, the
+same ``start_response``, and its body iterable returned as it is, so streaming and
+``close()`` work as before.
 
 To put the pixel under its own path prefix instead, mount a ``PixelApp`` with
 werkzeug's ``DispatcherMiddleware``.

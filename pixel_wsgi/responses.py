@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING, Iterable, List, Tuple
+from urllib.parse import quote
 
 from .config import Config
 
@@ -24,8 +25,10 @@ NO_CACHE_HEADERS = [
 ]
 STATUS_LINES = {
     200: "200 OK",
+    302: "302 Found",
     400: "400 Bad Request",
     401: "401 Unauthorized",
+    403: "403 Forbidden",
     404: "404 Not Found",
     405: "405 Method Not Allowed",
     414: "414 URI Too Long",
@@ -36,8 +39,13 @@ MAX_ERROR_HEADER_LENGTH = 200
 
 # C0 controls, DEL and the Unicode line breaks (NEL, LINE and PARAGRAPH SEPARATOR).
 _UNSAFE_IN_ONE_LINE = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]+")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
 
 Headers = List[Tuple[str, str]]
+
+
+def _ascii_url(url: str) -> str:
+    return url if url.isascii() else _NON_ASCII.sub(lambda match: quote(match.group(0), safe=""), url)
 
 
 def one_line(text: str) -> str:
@@ -71,6 +79,16 @@ class Responses:
             headers.append(("X-Pixel-Error", safe[:MAX_ERROR_HEADER_LENGTH]))
         start_response("200 OK", headers)
         return [] if head else [self.success_body]
+
+    def redirect(self, start_response: StartResponse, location: str, *, error: str | None = None) -> Iterable[bytes]:
+        """A ``302`` to ``location`` (already checked by the caller), never cached."""
+        # A header value must be Latin-1: non-ASCII characters of the path travel percent-encoded.
+        headers = [("Location", _ascii_url(location)), ("Content-Length", "0"), *self.common_headers]
+        if error is not None:
+            safe = one_line(error).encode("ascii", "backslashreplace").decode("ascii")
+            headers.append(("X-Pixel-Error", safe[:MAX_ERROR_HEADER_LENGTH]))
+        start_response(STATUS_LINES[302], headers)
+        return []
 
     def error(self, start_response: StartResponse, status: int, reason: str, extra: Headers | None = None) -> Iterable[bytes]:
         body = one_line(reason).encode("utf-8")

@@ -21,7 +21,8 @@ def memory_config(write_key: str = "test-write-key", **source_options: Any) -> d
 
     Source options (``errors_as_pixel=True``, ``infer_types=True``, …) go to the source;
     the top-level ones (``prefix``, ``response_body``, ``trusted_proxies``, ``limits``,
-    ``cors_allow_origin``) go to the top of the config.
+    ``cors_allow_origin``, ``dispatch``, ``spool``, ``segment_prefix``, ``fetchers``,
+    ``dedupe``) go to the top of the config.
     """
     top_level = {key: source_options.pop(key) for key in list(source_options) if key in _TOP_LEVEL_OPTIONS}
     return {
@@ -31,7 +32,20 @@ def memory_config(write_key: str = "test-write-key", **source_options: Any) -> d
     }
 
 
-_TOP_LEVEL_OPTIONS = frozenset({"prefix", "response_body", "trusted_proxies", "limits", "cors_allow_origin", "dispatch", "spool"})
+_TOP_LEVEL_OPTIONS = frozenset(
+    {
+        "prefix",
+        "response_body",
+        "trusted_proxies",
+        "limits",
+        "cors_allow_origin",
+        "dispatch",
+        "spool",
+        "segment_prefix",
+        "fetchers",
+        "dedupe",
+    }
+)
 
 
 def memory_app(write_key: str = "test-write-key", **options: Any) -> tuple[PixelApp, list[dict[str, Any]]]:

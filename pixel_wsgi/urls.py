@@ -13,6 +13,11 @@ a reader opens the email: names with ``.``, ``[`` or ``]``, names that are all d
 
 Call it once per recipient, with real values: a mail service's merge tags
 (``{{user_id}}``) would be percent-encoded and never substituted.
+
+``type="click"`` builds a click URL (``{base}/click?url=...``) that records a
+``track`` event and redirects to ``url``. ``signing_secret=`` adds ``sig`` (and, with
+``expires_in=``, ``exp``) as ``pixel_wsgi.signing`` defines them, for sources that
+require signed URLs; a signed click URL may redirect to any http(s) host.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from typing import Any, Iterator, List, Mapping, Tuple
 from urllib.parse import quote
 
 from marshmallow import ValidationError
 
+from .redirects import safe_location
 from .schemas import (
     INTEGER_PROPERTIES,
     INTEGER_SCREEN_FIELDS,
@@ -33,13 +40,14 @@ from .schemas import (
     to_integer,
     to_number,
 )
+from .signing import EXPIRES, SIGNATURE, SIGNATURE_PARAMETERS, sign
 
 __all__ = ["pixel_url"]
 
-EVENT_TYPES = ("page", "track")
+EVENT_TYPES = ("page", "track", "click")
 # The server sets or ignores these whatever the URL says; allowing them would build a
 # URL whose event differs from what the caller asked for.
-RESERVED_PARAMETERS = frozenset({"writeKey", "type", "receivedAt", "integrations", "properties", "context"})
+RESERVED_PARAMETERS = frozenset({"writeKey", "type", "receivedAt", "integrations", "properties", "context", "url"}) | SIGNATURE_PARAMETERS
 # Named keyword arguments of pixel_url: passing them through **extra would send the
 # parameter twice.
 NAMED_PARAMETERS = {"event": "event", "name": "name", "anonymousId": "anonymous_id", "userId": "user_id"}
@@ -60,14 +68,22 @@ def pixel_url(
     user_id: str | None = None,
     properties: Mapping[str, Any] | None = None,
     context: Mapping[str, Any] | None = None,
+    url: str | None = None,
+    signing_secret: str | None = None,
+    expires_in: float | None = None,
     **extra: Any,
 ) -> str:
-    """The URL of one ``page`` or ``track`` pixel.
+    """The URL of one ``page`` or ``track`` pixel, or of a ``click`` redirect to ``url``.
 
     ``base_url`` is the pixel prefix as the reader's mail client will reach it
     (``https://px.example.com/pixel/v1``); ``/page`` or ``/track`` is added to it.
     ``extra`` holds other top-level fields by their event names (``category``,
     ``channel``, ``messageId``, ``timestamp``) or cache busters (``cb``).
+
+    ``type="click"`` needs ``url`` (an absolute http or https URL); ``event``
+    defaults to ``Link Clicked`` on the server, and ``properties.url`` is the target.
+    ``signing_secret`` signs the URL; ``expires_in`` (seconds from now, only with a
+    secret) adds ``exp`` so that it is refused after that time.
 
     Values may be strings, numbers, booleans (sent as ``true``/``false``), lists and
     mappings. ``None``, empty lists and empty mappings are left out: a query string
@@ -75,13 +91,24 @@ def pixel_url(
     back as the same event, ``TypeError`` for a value that has no text form.
     """
     if type not in EVENT_TYPES:
-        raise ValueError(f"type must be 'page' or 'track', not {type!r}")
+        raise ValueError(f"type must be 'page', 'track' or 'click', not {type!r}")
     if "?" in base_url or "#" in base_url:
         raise ValueError("base_url must not have a query string or fragment: the pixel's parameters are the query")
     if not write_key:
         raise ValueError("write_key is required")
     if type == "track" and not event:
         raise ValueError("event is required for a track pixel")
+    if type == "click":
+        if url is None or safe_location(url) is None:
+            raise ValueError(f"url must be an absolute http or https URL without spaces, backslashes or user info, not {url!r}")
+        if properties and "url" in properties:
+            raise ValueError("properties.url of a click is its url")
+    elif url is not None:
+        raise ValueError("url is for click URLs (type='click')")
+    if expires_in is not None and signing_secret is None:
+        raise ValueError("expires_in needs signing_secret: an unsigned exp could be removed by anyone")
+    if signing_secret is not None and not signing_secret:
+        raise ValueError("signing_secret must not be empty")
     if type == "page" and event is not None:
         raise ValueError("event is for track pixels; a page has a name")
     if not anonymous_id and not user_id:
@@ -91,6 +118,8 @@ def pixel_url(
         raise ValueError("anonymous_id must not be wrapped in double quotes")
 
     pairs: List[Pair] = [("writeKey", write_key)]
+    if url is not None:
+        pairs.append(("url", url))
     for parameter, value in (("event", event), ("name", name), ("anonymousId", anonymous_id), ("userId", user_id)):
         if value is not None:
             pairs.append((parameter, _scalar(value, parameter)))
@@ -112,6 +141,10 @@ def pixel_url(
         if isinstance(screen, Mapping):
             _check_typed(screen, "context.screen", NUMBER_SCREEN_FIELDS, INTEGER_SCREEN_FIELDS)
         pairs.extend(_flatten("context", context))
+    if signing_secret is not None:
+        if expires_in is not None:
+            pairs.append((EXPIRES, str(int(time.time() + expires_in))))
+        pairs.append((SIGNATURE, sign(pairs, signing_secret)))
     query = "&".join(f"{quote(key, safe='.')}={quote(value, safe='')}" for key, value in pairs)
     return f"{base_url.rstrip('/')}/{type}?{query}"
 

@@ -229,7 +229,7 @@ def test_amp_page_points_the_rudderstack_vendor_at_this_server():
 # Filled in for ${...} in examples/pixel.toml.
 PIXEL_TOML_ENVIRONMENT = {
     "NEWSLETTER_WRITE_KEY": "nl-key", "SITE_WRITE_KEY": "site-key", "RUDDER_WRITE_KEY": "rk",
-    "SEGMENT_WRITE_KEY": "sk", "WEBHOOK_SECRET": "s3cret",
+    "SEGMENT_WRITE_KEY": "sk", "WEBHOOK_SECRET": "s3cret", "NEWSLETTER_SIGNING_SECRET": "at-least-16-characters",
 }  # fmt: skip
 # The kinds examples/pixel.toml uses; an older checkout that lacks one reports exactly that.
 PIXEL_TOML_TYPES = {"rudder": "rudderstack", "segment": "segment", "hook": "webhook", "log": "jsonl", "archive": "sqlite"}
@@ -251,13 +251,16 @@ def test_annotated_pixel_toml_passes_check_config(tmp_path):
 
 def test_pixel_toml_documents_every_option():
     """Every key that config.py reads appears in the annotated example."""
-    from pixel_wsgi.config import Config, DispatchConfig, Limits, MetricsConfig, SourceConfig
+    from pixel_wsgi import config
 
     text = (EXAMPLES / "pixel.toml").read_text()
-    keys = {field for cls in (Limits, SourceConfig, DispatchConfig, MetricsConfig) for field in cls.__dataclass_fields__}
-    keys |= set(Config.__dataclass_fields__) - {"sources", "destinations", "limits", "spool", "dispatch", "metrics"}
+    schemas = [config.LimitsSchema, config.SpoolSchema, config.DispatchSchema, config.MetricsSchema, config.SourceSchema]
+    schemas += [config.FetcherSchema, config.DedupeSchema, config.ConfigSchema]
+    tables = {"sources", "destinations", "limits", "spool", "dispatch", "metrics", "fetchers", "dedupe"}
+    keys = {name for schema in schemas for name in schema().fields if name not in tables}
     missing = sorted(key for key in keys if not re.search(rf"^\s*{key}\s*=", text, re.M))
     assert missing == []
+    assert re.search(r"^\[\[fetchers\]\]$", text, re.M) and re.search(r"^\[dedupe\]$", text, re.M)
 
 
 def test_dev_toml_passes_check_config():

@@ -26,6 +26,7 @@ WRITE_KEY = "openapi-write-key"
 PIXEL_KEY = "openapi-pixel-key"
 DISABLED_KEY = "openapi-disabled-key"
 UNKNOWN_KEY = "openapi-unknown-key"
+SIGNED_KEY = "openapi-signed-key"
 
 CHECKS = [
     not_a_server_error,
@@ -44,10 +45,18 @@ def build_app() -> PixelApp:
     return PixelApp(
         {
             "sources": [
-                {"name": "plain", "write_key": WRITE_KEY},
+                {"name": "plain", "write_key": WRITE_KEY, "redirect_hosts": ["example.com"]},
                 {"name": "pixel", "write_key": PIXEL_KEY, "errors_as_pixel": True, "infer_types": True},
                 {"name": "off", "write_key": DISABLED_KEY, "enabled": False},
+                {
+                    "name": "signed",
+                    "write_key": SIGNED_KEY,
+                    "signing_secrets": ["openapi-signing-secret"],
+                    "require_signature": True,
+                    "redirect_hosts": ["example.com", "*.example.com"],
+                },
             ],
+            "segment_prefix": "/v1/pixel",
             "destinations": {"memory": {"type": "memory"}},
         }
     )
@@ -62,7 +71,7 @@ def narrowed_description() -> dict:
     description = load_description()
     description["components"]["parameters"]["writeKey"]["schema"] = {
         "type": "string",
-        "enum": [WRITE_KEY, WRITE_KEY, PIXEL_KEY, DISABLED_KEY, UNKNOWN_KEY],
+        "enum": [WRITE_KEY, WRITE_KEY, PIXEL_KEY, DISABLED_KEY, UNKNOWN_KEY, SIGNED_KEY],
     }
     return description
 
@@ -78,7 +87,7 @@ def test_description_is_shipped_and_names_every_status():
     assert description["openapi"].startswith("3.1")
     for path in ("/pixel/v1/page", "/pixel/v1/track"):
         operations = description["paths"][path]
-        assert set(operations["get"]["responses"]) == {"200", "400", "401", "404", "414", "503"}
+        assert set(operations["get"]["responses"]) == {"200", "400", "401", "403", "404", "414", "503"}
         assert set(operations["head"]["responses"]) == {"200"}
         assert set(operations["post"]["responses"]) == {"405"}
 
