@@ -190,7 +190,9 @@ def test_configured_fetchers_come_before_the_built_in_ones(user_agent, address, 
     ("fetchers", "message"),
     [
         pytest.param([{"name": "x", "user_agent": "("}], "fetchers[0].user_agent: not a regular expression", id="bad-regex"),
-        pytest.param([{"name": "x", "networks": ["17.0.0.0/33"]}], "fetchers[0].networks[0]: not an IP address or CIDR network", id="bad-cidr"),
+        pytest.param(
+            [{"name": "x", "networks": ["17.0.0.0/33"]}], "fetchers[0].networks[0]: not an IP address or CIDR network", id="bad-cidr"
+        ),
         pytest.param([{"name": "x"}], "fetchers[0]: needs user_agent, networks or both", id="matches-everything"),
         pytest.param([{"user_agent": "x"}], "fetchers[0].name: required", id="no-name"),
         pytest.param([{"name": "x", "user_agent": "x", "machin": True}], "fetchers[0].machin: unknown option", id="typo"),
