@@ -98,6 +98,8 @@ class _ProcessMetrics:
 class PrometheusMetrics(Observer):
     """The metrics observer and the scrape endpoint (``endpoint``), for one app."""
 
+    wants_ignored = False
+
     def __init__(self, settings: MetricsConfig, spool: Spool) -> None:
         self.settings = settings
         self.spool = spool
