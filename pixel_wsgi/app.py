@@ -390,9 +390,11 @@ class PixelApp:
     # -- observers --------------------------------------------------------------
 
     def _notify_accepted(self, event_type: str, source: SourceConfig, event: dict[str, Any], grouped: Dict[str, List[str]]) -> None:
-        assert self.observer is not None
+        observer = self.observer
+        assert observer is not None
         try:
-            self.observer.accepted(event_type, source.name, event, self.ignored_parameters(event_type, grouped, source))
+            ignored = self.ignored_parameters(event_type, grouped, source) if observer.wants_ignored else ()
+            observer.accepted(event_type, source.name, event, ignored)
         except Exception:  # bookkeeping must never cost the client its answer
             logger.exception("observer failed on an accepted event")
 

@@ -25,6 +25,7 @@ import logging
 import os
 import sqlite3
 import threading
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, Mapping, Sequence, Tuple
 
@@ -50,7 +51,6 @@ class _ProcessMetrics:
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-        self.pid = os.getpid()
         self.multiprocess = bool(os.environ.get(MULTIPROCESS_ENV_VAR))
         # In multiprocess mode the files are the registry: scrapes read them, not this.
         self.registry: CollectorRegistry = CollectorRegistry(auto_describe=True)
@@ -98,6 +98,8 @@ class _ProcessMetrics:
 class PrometheusMetrics(Observer):
     """The metrics observer and the scrape endpoint (``endpoint``), for one app."""
 
+    wants_ignored = False
+
     def __init__(self, settings: MetricsConfig, spool: Spool) -> None:
         self.settings = settings
         self.spool = spool
@@ -106,13 +108,18 @@ class PrometheusMetrics(Observer):
         # Taken only when a process creates its metrics, never per request.
         self._lock = threading.Lock()
         self._warned = False
+        # A forked worker makes metrics of its own. Told by the fork rather than asking
+        # os.getpid() per call: that is a system call, on every request. A weak
+        # reference, so that the hook does not keep a closed app alive.
+        reference = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _forget_process_metrics(reference))
 
     def _metrics(self) -> _ProcessMetrics:
         process = self._process
-        if process is None or process.pid != os.getpid():
+        if process is None:
             with self._lock:
                 process = self._process
-                if process is None or process.pid != os.getpid():
+                if process is None:
                     process = self._process = _ProcessMetrics()
         return process
 
@@ -182,6 +189,13 @@ class PrometheusMetrics(Observer):
                 "metrics under gunicorn without $%s count this worker only: run gunicorn with -c python:pixel_wsgi.gunicorn_hooks",
                 MULTIPROCESS_ENV_VAR,
             )
+
+
+def _forget_process_metrics(reference: weakref.ref[PrometheusMetrics]) -> None:
+    metrics = reference()
+    if metrics is not None:
+        metrics._process = None
+        metrics._lock = threading.Lock()  # a lock held by another thread at the fork stays held
 
 
 class _SpoolRegistry:

@@ -18,6 +18,10 @@ logger = logging.getLogger(__name__)
 class Observer:
     """Does nothing; subclasses override the calls they care about."""
 
+    # Whether ``accepted`` needs the ignored parameters: finding them is a second pass
+    # over the query's keys, which an observer that only counts can spare every request.
+    wants_ignored = True
+
     def accepted(self, endpoint: str, source: str, event: Mapping[str, Any], ignored: Sequence[str]) -> None:
         """An event was built and is safe (delivered or spooled); ``ignored`` names the
         query parameters that did not make it into the event (``propertes.revenue``)."""
@@ -40,6 +44,7 @@ class Observers(Observer):
 
     def __init__(self, observers: Iterable[Observer]) -> None:
         self.observers = tuple(observers)
+        self.wants_ignored = any(observer.wants_ignored for observer in self.observers)
 
     def accepted(self, endpoint: str, source: str, event: Mapping[str, Any], ignored: Sequence[str]) -> None:
         for observer in self.observers:

@@ -13,9 +13,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
+
+from .servers import wait_for_port
 
 STOP_TIMEOUT = 5.0
 
@@ -123,3 +126,25 @@ def nginx_conf(directory: Path, port: int, upstreams: Sequence[str], snippet: st
     path = directory / "nginx.conf"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+@contextmanager
+def nginx(directory: Path, port: int, upstreams: Sequence[str], snippet: str, location: str) -> Iterator[str]:
+    """Debian's nginx in the foreground on 127.0.0.1:``port``; yields its base URL.
+
+    Started in a process group of its own and stopped with the whole group: killing
+    only the master would leave its worker orphaned, still holding the port.
+    """
+    conf = nginx_conf(directory, port, upstreams, snippet, location)
+    command = ["nginx", "-p", str(directory), "-e", str(directory / "error.log"), "-c", str(conf)]
+    with open(directory / "stdout.log", "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_port(port, process=process)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        Host.kill(process, signal.SIGTERM)  # nginx's fast shutdown, then SIGKILL for anything left
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
