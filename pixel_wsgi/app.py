@@ -19,12 +19,13 @@ from werkzeug.routing import Map, Rule
 
 from .config import Config, SourceConfig, load_config, mask_write_key
 from .dedupe import DedupeStore, default_path
-from .destinations import Destination, Payload, build_destination, validate_destination
+from .destinations import Destination, build_destination, validate_destination
 from .dispatch import Dispatcher
 from .errors import RequestRejected, bad_parameter
-from .event import client_address, complete_event
-from .fetchers import Fetcher, FetcherClassifier
+from .event import complete_event
+from .fetchers import FetcherClassifier
 from .parsing import nest, split_query, top_level_name
+from .recorder import EventRecorder, FetcherObserver
 from .redirects import RedirectPolicy
 from .responses import Responses, one_line
 from .schemas import EventSchemas, format_errors
@@ -46,8 +47,6 @@ SERVER_OWNED_PARAMETERS = frozenset({"writeKey", "type", "receivedAt", "integrat
 CLICK_EVENT = "Link Clicked"
 
 Handler = Callable[["WSGIEnvironment", "StartResponse"], Iterable[bytes]]
-# Called with (source name, fetcher) for every event from a known fetcher, flagged or dropped.
-FetcherObserver = Callable[[str, Fetcher], None]
 
 
 class PixelApp:
@@ -71,9 +70,6 @@ class PixelApp:
         self.sources_by_write_key = {source.write_key: source for source in self.config.sources}
         self.schemas = EventSchemas()
         self.responses = Responses(self.config)
-        self.fetchers = FetcherClassifier(self.config.fetchers)
-        # Hooks for counting machine opens (metrics) or showing them (a debugger).
-        self.fetcher_observers: List[FetcherObserver] = []
         self.redirect_policies = {source.name: RedirectPolicy(source.redirect_hosts) for source in self.config.sources}
         self.dedupe: DedupeStore | None = None
         if any(source.dedupe_window > 0 for source in self.config.sources):
@@ -99,6 +95,9 @@ class PixelApp:
         # Every path answered (page, track, click, Segment's): what PixelMiddleware takes over.
         self.all_paths = tuple(routes)
         self._destination_names = {source.name: self.config.destinations_for(source) for source in self.config.sources}
+        self.recorder = EventRecorder(
+            self.dispatcher, FetcherClassifier(self.config.fetchers), self.dedupe, self._destination_names, self.config.trusted_proxies
+        )
 
     # -- WSGI ---------------------------------------------------------------
 
@@ -154,7 +153,7 @@ class PixelApp:
             if source is None:
                 source = self._source_hint(query, grouped)
             return self._reject(rejection, environ, start_response, source)
-        if not self._record(event, source, grouped, environ):
+        if not self.recorder.record(event, source, environ, client_message_id="messageId" in grouped):
             lost = RequestRejected(503, "the event could not be delivered or stored; try again")
             return self._reject(lost, environ, start_response, source)
         return self.responses.success(start_response)
@@ -191,7 +190,7 @@ class PixelApp:
         except RequestRejected as rejection:
             self._log_rejection(environ, rejection.status, f"click redirected, event not recorded: {rejection.reason}", source)
             return self.responses.redirect(start_response, location, error=rejection.reason)
-        if not self._record(event, source, grouped, environ):
+        if not self.recorder.record(event, source, environ, client_message_id="messageId" in grouped):
             logger.error(
                 "click event lost: neither delivered nor spooled (source %s, messageId %s); the person was redirected",
                 source.name,
@@ -207,57 +206,6 @@ class PixelApp:
             # No secrets: sig and exp mean nothing to this source and are ignored.
             return False
         return verify(grouped, source.signing_secrets, required=source.require_signature)
-
-    def _record(self, event: dict[str, Any], source: SourceConfig, grouped: Dict[str, List[str]], environ: WSGIEnvironment) -> bool:
-        """Classify, deduplicate and dispatch one event; ``False`` only when it was lost."""
-        context = event["context"]
-        # context.pixel is the server's to say, like context.ip.
-        context.pop("pixel", None)
-        fetcher = self.fetchers.classify(environ.get("HTTP_USER_AGENT"), client_address(environ, self.config.trusted_proxies))
-        if fetcher is not None:
-            for observer in self.fetcher_observers:
-                try:
-                    observer(source.name, fetcher)
-                except Exception:  # counting must never cost an event
-                    logger.exception("fetcher observer %r failed", observer)
-            if fetcher.machine and source.machine_opens == "drop":
-                logger.debug("machine open by %s dropped (source %s)", fetcher.name, source.name)
-                return True
-            context["pixel"] = fetcher.context
-        message_id = event["messageId"]
-        # Machine fetches are deduplicated apart from people's: a scanner that fetched the
-        # pixel first must not make the reader's own open a "duplicate".
-        scope = source.name if fetcher is None or not fetcher.machine else f"{source.name} (machine)"
-        # Only a client's own messageId can repeat; a generated UUID never needs the lookup.
-        claimed = source.dedupe_window > 0 and "messageId" in grouped and self._claim(source, scope, message_id)
-        if claimed is None:
-            return True  # a duplicate within the window: already delivered or spooled
-        if self.dispatcher.dispatch(Payload(event, source.name), self._destination_names[source.name]):
-            return True
-        if claimed:
-            self._release(scope, message_id)
-        return False
-
-    def _claim(self, source: SourceConfig, scope: str, message_id: str) -> bool | None:
-        """``True``: claimed; ``None``: a duplicate; ``False``: the dedupe file failed (deliver anyway)."""
-        assert self.dedupe is not None
-        try:
-            if self.dedupe.claim(scope, message_id, source.dedupe_window):
-                return True
-        except Exception:  # a duplicate is better than a lost event
-            logger.exception("dedupe store %s failed; delivering messageId %s without deduplication", self.dedupe.path, message_id)
-            return False
-        logger.info("duplicate messageId %s within %gs (source %s): not delivered again", message_id, source.dedupe_window, source.name)
-        return None
-
-    def _release(self, scope: str, message_id: str) -> None:
-        assert self.dedupe is not None
-        try:
-            self.dedupe.release(scope, message_id)
-        except Exception:
-            logger.exception(
-                "dedupe store %s failed to release messageId %s: a retry within the window is dropped", self.dedupe.path, message_id
-            )
 
     def _source(self, grouped: Dict[str, List[str]]) -> SourceConfig:
         values = grouped.get("writeKey")
@@ -342,6 +290,12 @@ class PixelApp:
             )
 
     # -- lifecycle ------------------------------------------------------------
+
+    @property
+    def fetcher_observers(self) -> List[FetcherObserver]:
+        """Called with (source name, fetcher) for every event from a known fetcher: the
+        hook for counting machine opens (``pixel_machine_opens_total{fetcher}``)."""
+        return self.recorder.observers
 
     def destination(self, name: str) -> Destination:
         return self.destinations[name]
