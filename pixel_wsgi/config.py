@@ -458,6 +458,9 @@ def _build_source(raw: Any, path: str, destinations: Mapping[str, DestinationCon
     for index, host in enumerate(source.redirect_hosts):
         if not _REDIRECT_HOST.match(host):
             errors.append(f"{path}.redirect_hosts[{index}]: not a host name or *.domain: {host!r}")
+        elif host.startswith("*.") and "." not in host[2:].rstrip("."):
+            # "*.com" would let every .com site through: an open redirect by configuration.
+            errors.append(f"{path}.redirect_hosts[{index}]: a wildcard needs a domain of two labels or more, not {host!r}")
     reader.reject_unknown()
     return source
 
