@@ -19,11 +19,11 @@ from werkzeug.routing import Map, Rule
 
 from .config import Config, SourceConfig, load_config
 from .dedupe import DedupeStore, default_path
-from .destinations import Destination, Payload
+from .destinations import Destination
 from .dispatch import Dispatcher
 from .drainer import Drainer
 from .errors import RequestRejected, bad_parameter
-from .event import client_address, complete_event
+from .event import complete_event
 from .fetchers import FetcherClassifier
 from .health import HealthCheck
 from .hostlogs import use_gunicorn_error_log
@@ -31,6 +31,7 @@ from .logsafe import log_safe
 from .masking import mask_write_key
 from .observer import Observer, combine
 from .parsing import nest, split_query, top_level_name
+from .recorder import EventRecorder
 from .redirects import RedirectPolicy
 from .replay import Replayer
 from .responses import Responses
@@ -79,7 +80,6 @@ class PixelApp:
         self.sources_by_write_key = {source.write_key: source for source in self.config.sources}
         self.schemas = EventSchemas()
         self.responses = Responses(self.config)
-        self.fetchers = FetcherClassifier(self.config.fetchers)
         self.redirect_policies = {source.name: RedirectPolicy(source.redirect_hosts) for source in self.config.sources}
         self.dedupe: DedupeStore | None = None
         if any(source.dedupe_window > 0 for source in self.config.sources):
@@ -103,6 +103,9 @@ class PixelApp:
         # request; anything else (405, 404) still goes through the Map.
         self._endpoints_by_path = routes
         self._destination_names = {source.name: self.config.destinations_for(source) for source in self.config.sources}
+        self.recorder = EventRecorder(
+            self.dispatcher, FetcherClassifier(self.config.fetchers), self.dedupe, self._destination_names, self.config.trusted_proxies
+        )
         # Told about every accepted event, rejection and delivery (metrics, the debugger).
         self.observer: Observer | None = None
         # Operations endpoints beside the pixels: same prefix, answered by this app.
@@ -113,7 +116,7 @@ class PixelApp:
             metrics = PrometheusMetrics(self.config.metrics, self.spool)
             self.observer = metrics
             self.operations[self.config.metrics.path] = metrics.endpoint
-        self.dispatcher.observer = self.observer
+        self.dispatcher.observer = self.recorder.observer = self.observer
         # Every path this app answers (pixels, click, Segment's, health, metrics): what
         # PixelMiddleware takes over from the site it wraps.
         self.owned_paths = frozenset((*routes, *self.operations))
@@ -121,7 +124,7 @@ class PixelApp:
     def observe(self, observer: Observer) -> None:
         """Add an observer (the debugger of ``pixel-wsgi serve``, an operator's own hook)."""
         self.observer = combine(self.observer, observer)
-        self.dispatcher.observer = self.observer
+        self.dispatcher.observer = self.recorder.observer = self.observer
 
     # -- WSGI ---------------------------------------------------------------
 
@@ -184,7 +187,7 @@ class PixelApp:
                 source = self._source_hint(query, grouped)
             return self._reject(rejection, environ, start_response, source)
         try:
-            safe = self._record(event, source, grouped, environ)
+            safe = self.recorder.record(event, source, environ, client_message_id="messageId" in grouped)
         except SpoolFull:
             return self._reject(RequestRejected(503, "spool is full"), environ, start_response, source)
         if not safe:
@@ -227,7 +230,7 @@ class PixelApp:
             self._log_rejection(environ, rejection.status, f"click redirected, event not recorded: {rejection.reason}", source)
             return self.responses.redirect(start_response, location, error=rejection.reason)
         try:
-            recorded = self._record(event, source, grouped, environ)
+            recorded = self.recorder.record(event, source, environ, client_message_id="messageId" in grouped)
         except SpoolFull:
             recorded = False
         if not recorded:
@@ -246,62 +249,6 @@ class PixelApp:
             # No secrets: sig and exp mean nothing to this source and are ignored.
             return False
         return verify(grouped, source.signing_secrets, required=source.require_signature)
-
-    def _record(self, event: dict[str, Any], source: SourceConfig, grouped: Dict[str, List[str]], environ: WSGIEnvironment) -> bool:
-        """Classify, deduplicate and dispatch one event; ``False`` only when it was lost."""
-        context = event["context"]
-        # context.pixel is the server's to say, like context.ip.
-        context.pop("pixel", None)
-        fetcher = self.fetchers.classify(environ.get("HTTP_USER_AGENT"), client_address(environ, self.config.trusted_proxies))
-        if fetcher is not None:
-            if self.observer is not None:
-                try:
-                    self.observer.machine_open(fetcher.name)
-                except Exception:  # counting must never cost an event
-                    logger.exception("observer failed on a machine open")
-            if fetcher.machine and source.machine_opens == "drop":
-                logger.debug("machine open by %s dropped (source %s)", fetcher.name, source.name)
-                return True
-            context["pixel"] = fetcher.context
-        message_id = event["messageId"]
-        # Machine fetches are deduplicated apart from people's: a scanner that fetched the
-        # pixel first must not make the reader's own open a "duplicate".
-        scope = source.name if fetcher is None or not fetcher.machine else f"{source.name} (machine)"
-        # Only a client's own messageId can repeat; a generated UUID never needs the lookup.
-        claimed = source.dedupe_window > 0 and "messageId" in grouped and self._claim(source, scope, message_id)
-        if claimed is None:
-            return True  # a duplicate within the window: already delivered or spooled
-        try:
-            if self.dispatcher.dispatch(Payload(event, source.name), self._destination_names[source.name]):
-                return True
-        except SpoolFull:
-            if claimed:
-                self._release(scope, message_id)
-            raise
-        if claimed:
-            self._release(scope, message_id)
-        return False
-
-    def _claim(self, source: SourceConfig, scope: str, message_id: str) -> bool | None:
-        """``True``: claimed; ``None``: a duplicate; ``False``: the dedupe file failed (deliver anyway)."""
-        assert self.dedupe is not None
-        try:
-            if self.dedupe.claim(scope, message_id, source.dedupe_window):
-                return True
-        except Exception:  # a duplicate is better than a lost event
-            logger.exception("dedupe store %s failed; delivering messageId %s without deduplication", self.dedupe.path, message_id)
-            return False
-        logger.info("duplicate messageId %s within %gs (source %s): not delivered again", message_id, source.dedupe_window, source.name)
-        return None
-
-    def _release(self, scope: str, message_id: str) -> None:
-        assert self.dedupe is not None
-        try:
-            self.dedupe.release(scope, message_id)
-        except Exception:
-            logger.exception(
-                "dedupe store %s failed to release messageId %s: a retry within the window is dropped", self.dedupe.path, message_id
-            )
 
     def _source(self, grouped: Dict[str, List[str]]) -> SourceConfig:
         values = grouped.get("writeKey")

@@ -237,6 +237,9 @@ def _signing_secret(secret: str) -> str:
 def _redirect_host(host: str) -> str:
     if not _REDIRECT_HOST.match(host):
         raise ValueError(f"not a host name or *.domain: {host!r}")
+    if host.startswith("*.") and "." not in host[2:].rstrip("."):
+        # "*.com" would let every .com site through: an open redirect by configuration.
+        raise ValueError(f"a wildcard needs a domain of two labels or more, not {host!r}")
     return host.lower()
 
 

@@ -7,6 +7,10 @@ that double-fires) counts once. Worker processes share the answer through one sm
 SQLite file (WAL, busy timeout), created ``0600`` on first use beside the spool unless
 ``[dedupe] path`` says otherwise.
 
+The file follows deletion and replacement, as ``logging.handlers.WatchedFileHandler``
+does: an operator who removes it to start afresh gets a new one in every worker at
+their next claim, rather than each worker remembering into a file nobody else sees.
+
 The rule, and why: a request *claims* its ``(source, messageId)`` before dispatch, in
 one statement (an insert, or taking over a row whose window has ended), so that of two
 requests racing in two processes exactly one delivers. If that event is then neither
@@ -21,6 +25,7 @@ import logging
 import os
 import sqlite3
 import time
+from dataclasses import dataclass
 
 from .errors import ConfigError
 from .resources import PerThread, open_wal_database
@@ -55,10 +60,18 @@ def default_path(spool_path: str) -> str:
     return spool_path + ".dedupe"
 
 
+@dataclass
+class _Handle:
+    """One thread's connection and the identity (device, inode) of the file it opened."""
+
+    connection: sqlite3.Connection
+    identity: tuple[int, int]
+
+
 class DedupeStore:
     def __init__(self, path: str) -> None:
         self.path = path
-        self._connections = PerThread(self._open, sqlite3.Connection.close)
+        self._connections = PerThread(self._open, lambda handle: handle.connection.close())
         # Not locked: an approximate count only decides when to purge.
         self._claims = 0
 
@@ -70,12 +83,31 @@ class DedupeStore:
         if not os.access(directory, os.W_OK | os.X_OK):
             raise ConfigError(f"dedupe.path: directory {directory} is not writable")
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self) -> _Handle:
         # Created private before SQLite opens it; its -wal and -shm files take its mode.
-        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+        descriptor = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            status = os.fstat(descriptor)
+        finally:
+            os.close(descriptor)
         connection = open_wal_database(self.path, SCHEMA)
         connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        return connection
+        return _Handle(connection, (status.st_dev, status.st_ino))
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection, reopened if the file was deleted or replaced."""
+        handle = self._connections.get()
+        try:
+            status = os.stat(self.path)
+            current = (status.st_dev, status.st_ino)
+        except FileNotFoundError:
+            current = None
+        if current != handle.identity:
+            logger.warning("dedupe file %s was removed or replaced: reopening it", self.path)
+            handle.connection.close()
+            fresh = self._open()
+            handle.connection, handle.identity = fresh.connection, fresh.identity
+        return handle.connection
 
     def claim(self, source: str, message_id: str, window: float, now: float | None = None) -> bool:
         """``True``: first time within the window, deliver it; ``False``: a duplicate.
@@ -83,7 +115,7 @@ class DedupeStore:
         Raises ``sqlite3.Error`` or ``OSError`` when the file cannot be used.
         """
         now = time.time() if now is None else now
-        connection = self._connections.get()
+        connection = self._connection()
         cursor = connection.execute(CLAIM, (source, message_id, now + window, now))
         self._claims += 1
         if self._claims % PURGE_EVERY == 0:
@@ -92,7 +124,7 @@ class DedupeStore:
 
     def release(self, source: str, message_id: str) -> None:
         """Forget a claim whose event was lost, so that a retry is delivered."""
-        self._connections.get().execute("DELETE FROM seen WHERE source = ? AND message_id = ?", (source, message_id))
+        self._connection().execute("DELETE FROM seen WHERE source = ? AND message_id = ?", (source, message_id))
 
     def close(self) -> None:
         self._connections.close()

@@ -289,3 +289,23 @@ def test_machine_clicks_are_dropped_but_redirected():
     )
     assert response.headers["Location"] == "https://example.com/"
     assert events == []
+
+
+@pytest.mark.parametrize(
+    ("hosts", "message"),
+    [
+        pytest.param(["*.com"], "a wildcard needs a domain of two labels or more", id="tld-wildcard"),
+        pytest.param(["*"], "not a host name or *.domain", id="star"),
+        pytest.param(["example.com:443"], "not a host name or *.domain", id="port"),
+        pytest.param(["https://example.com"], "not a host name or *.domain", id="url"),
+        pytest.param(["ex*.com"], "not a host name or *.domain", id="inner-star"),
+        pytest.param(["example.com/path"], "not a host name or *.domain", id="path"),
+        pytest.param("example.com", "must be a list of strings", id="not-a-list"),
+    ],
+)
+def test_redirect_hosts_are_checked_at_start_up(hosts, message):
+    from pixel_wsgi.errors import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        memory_app(redirect_hosts=hosts)
+    assert "sources[0].redirect_hosts" in str(error.value) and message in str(error.value)

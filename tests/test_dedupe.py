@@ -111,7 +111,7 @@ def test_expired_rows_are_purged(tmp_path):
         for number in range(PURGE_EVERY - 1):
             store.claim("s", f"old-{number}", 1, now=1000.0)
         store.claim("s", "new", 60, now=2000.0)  # the PURGE_EVERY-th claim
-        count = store._connections.get().execute("SELECT COUNT(*) FROM seen").fetchone()[0]
+        count = store._connection().execute("SELECT COUNT(*) FROM seen").fetchone()[0]
         assert count == 1
     finally:
         store.close()
@@ -267,3 +267,22 @@ def test_a_failing_observer_costs_no_event(caplog):
     TestApp(app).get(OPEN + "m", extra_environ={"HTTP_USER_AGENT": "curl/8.4.0"})
     assert len(events) == 1
     assert "observer failed on a machine open" in caplog.text and "metrics backend down" in caplog.text
+
+
+def test_a_removed_file_is_followed_by_every_worker(tmp_path):
+    """An operator deletes the file to start afresh: each process (two stores here, as
+    two workers) moves to the new file at its next claim, so they agree again."""
+    path = tmp_path / "seen.sqlite3"
+    first, second = DedupeStore(str(path)), DedupeStore(str(path))
+    try:
+        assert first.claim("s", "before", 60) is True
+        assert second.claim("s", "before", 60) is False
+        for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            name.unlink(missing_ok=True)
+        assert second.claim("s", "after", 60) is True  # makes the new file
+        assert first.claim("s", "after", 60) is False  # and the first worker sees it
+        assert first.claim("s", "before", 60) is True  # a fresh start, as asked
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    finally:
+        first.close()
+        second.close()
