@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import secrets
+import selectors
 import shlex
 import signal
 import sqlite3
@@ -228,6 +229,20 @@ class MaskingRequestHandler(WSGIRequestHandler):
         except AttributeError:  # no path: the request line itself was bad
             line = self.requestline
         self.log("info", '"%s" %s %s', line.translate(self._control_char_table), code, size)
+
+    def connection_dropped(self, error: BaseException, environ: Any = None) -> None:
+        """A client that resets the connection (one that closes without reading the
+        whole answer, as mail scanners do) interrupts werkzeug's drain of the request
+        before it closes its selector: an epoll descriptor in a reference cycle, freed
+        only when the garbage collector runs; about a third of such requests leaked
+        one, past ``ulimit -n`` within a few thousand. Close them now."""
+        frames = error.__traceback__
+        while frames is not None:
+            for value in frames.tb_frame.f_locals.values():
+                if isinstance(value, selectors.BaseSelector):
+                    value.close()
+            frames = frames.tb_next
+        super().connection_dropped(error, environ)
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:

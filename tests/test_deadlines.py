@@ -7,6 +7,7 @@ one that answers with a 10 MB body, and a second process holding a SQLite write 
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -121,3 +122,17 @@ def test_a_locked_spool_is_waited_for_only_until_the_grace_ends(make_app, tmp_pa
     existing.close()
     with write_lock_held_by_another_process(store), write_lock_held_by_another_process(spool):
         assert timed_get(client, track_url("m-all-locked"), status=503) < BUDGET + GRACE
+
+
+def test_a_wall_clock_jump_changes_no_deadline(make_app, monkeypatch):
+    """Deadlines and the breaker's cool-down read the monotonic clock: an NTP step of an
+    hour back (here, ``time.time`` made to jump on every read) neither stretches nor
+    cuts a delivery."""
+    real_time = time.time
+    jumps = itertools.cycle([-3600.0, 0.0, 3600.0])
+    monkeypatch.setattr(time, "time", lambda: real_time() + next(jumps))
+    with TrickleServer(interval=2.0) as slow:
+        app, client = make_app({"hook": {"type": "webhook", "url": slow.url, "timeout": 5.0}})
+        elapsed = timed_get(client, track_url("m-clock"))
+    assert elapsed < BUDGET + GRACE
+    assert [row.message_id for row in app.spool.all()] == ["m-clock"]
