@@ -98,6 +98,9 @@ class Spool:
     def __init__(self, path: str, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.path = path
         self.max_bytes = max_bytes
+        # Whether this process last found the spool full: the WARNING is logged on the
+        # change, not once per refused event (each of those is logged as a 503).
+        self._was_full = False
         self._connections = PerThread(self._open, sqlite3.Connection.close)
 
     def _open(self) -> sqlite3.Connection:
@@ -164,16 +167,38 @@ class Spool:
 
         Raises ``SpoolFull`` at the bound, ``sqlite3.Error`` or ``OSError`` when it cannot store it otherwise.
         """
+        connection = self._connection()
         try:
-            self._connection().execute(
+            connection.execute(
                 INSERT,
                 (destination, message_id, source, body.decode("utf-8"), attempts, error, response, next_attempt_at, int(dead), time.time()),
             )
         except sqlite3.OperationalError as exc:
             # sqlite_errorname is new in Python 3.11; before, the message is all there is.
-            if getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" or "database or disk is full" in str(exc):
-                raise SpoolFull(f"spool {self.path} is full ({self.max_bytes} bytes)") from None
+            name = getattr(exc, "sqlite_errorname", "")
+            if name == "SQLITE_FULL" or "database or disk is full" in str(exc):
+                raise self._full(connection) from None
+            if name == "SQLITE_IOERR_WRITE":
+                # What a file size limit (EFBIG) or some full file systems give: no room either.
+                raise self._full(connection, f"not writable ({exc}: out of disk space, over a file size limit, or failing)") from None
             raise
+        if self._was_full:
+            self._was_full = False
+            logger.warning("spool %s has room again: events are spooled again", self.path)
+
+    def _full(self, connection: sqlite3.Connection, reason: str = "") -> SpoolFull:
+        """Why the insert found no room: the bound, or the disk. Logged once per process until there is room again."""
+        if not reason:
+            try:
+                pages, limit = (connection.execute(f"PRAGMA {name}").fetchone()[0] for name in ("page_count", "max_page_count"))
+                at_bound = pages >= limit - 1
+            except sqlite3.Error:
+                at_bound = False
+            reason = f"at its bound of {self.max_bytes} bytes ([spool] max_bytes)" if at_bound else "out of disk space"
+        if not self._was_full:
+            self._was_full = True
+            logger.warning("spool %s is %s: events that need it are answered 503 until there is room", self.path, reason)
+        return SpoolFull(f"spool {self.path} is {reason}")
 
     # -- replay and inspection -----------------------------------------------------
 

@@ -76,7 +76,7 @@ def test_an_add_past_max_bytes_raises_spool_full_and_stores_nothing(tmp_path):
     spool = Spool(str(tmp_path / "spool.sqlite3"), max_bytes=1 << 20)
     try:
         stored = 0
-        with pytest.raises(SpoolFull, match="is full"):
+        with pytest.raises(SpoolFull, match=r"at its bound of 1048576 bytes \(\[spool\] max_bytes\)"):
             while True:
                 spool.add("hook", f"m-{stored}", "web", event_body(f"m-{stored}", 4000), attempts=1, error="down")
                 stored += 1
@@ -102,6 +102,8 @@ def test_the_app_answers_503_spool_is_full_and_logs_it(tmp_path, caplog):
         full = next(answer for answer in answers if answer.status_int == 503)
         assert "spool is full" in full.text
         assert "rejected 503 /pixel/v1/track: spool is full" in caplog.text
+        # The cause is logged when the spool becomes full, not once per event.
+        assert caplog.text.count("is at its bound of 1048576 bytes ([spool] max_bytes)") == 1
         # A 200 means stored: every one of them is in the spool.
         accepted = {f"m-{n}" for n, answer in enumerate(answers) if answer.status_int == 200}
         assert {row.message_id for row in app.spool.all()} == accepted
