@@ -132,7 +132,9 @@ class Replayer:
                     breaker.success()
             done.clear()
 
-        for page in self.spool.pages(name, dead=dead, due_at=due_at, size=max(PAGE_SIZE, unit_size * self.concurrency)):
+        # A page keeps every thread busy; its outcome is written in one transaction.
+        page_size = max(PAGE_SIZE, unit_size * self.concurrency)
+        for page in self.spool.pages(name, dead=dead, due_at=due_at, size=page_size):
             if failed.is_set() or (stop is not None and stop.is_set()):
                 break
             if breaker is not None and not breaker.allow():
@@ -142,7 +144,7 @@ class Replayer:
                 window.append(pool.submit(self._send, destination, unit, failed))
                 while len(window) >= 2 * self.concurrency:
                     done.extend(window.popleft().result())
-                if len(done) >= PAGE_SIZE:
+                if len(done) >= page_size:
                     settle()
         while window:
             done.extend(window.popleft().result())
