@@ -155,7 +155,14 @@ class Replayer:
         """Runs in a pool thread: one event or one batch; a refused batch again one by one."""
         if failed.is_set():
             return [(row, SKIPPED) for row in unit]
-        payloads = [Payload(row.decoded(), row.source, row.event.encode("utf-8")) for row in unit]
+        try:
+            payloads = [Payload(row.decoded(), row.source, row.event.encode("utf-8")) for row in unit]
+        except ValueError:
+            # A row edited by hand (or written by something else) that is not an event:
+            # no destination can take it, so it is kept as dead for a person to look at.
+            if len(unit) > 1:
+                return [item for row in unit for item in self._send(destination, [row], failed)]
+            return [(unit[0], DeliveryError("the spooled event is not valid JSON", retryable=False))]
         error = _attempt(destination, payloads)
         if error is None:
             return [(row, None) for row in unit]

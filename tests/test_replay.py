@@ -323,3 +323,21 @@ def test_spool_options_are_validated(tmp_path: Path, spool_options, message):
 def test_batch_size_is_validated():
     with pytest.raises(ConfigError, match="destinations.rs.batch_size: must be at least 1"):
         destination("rs", "rudderstack", write_key="k", data_plane_url="http://127.0.0.1:9", batch_size=0)
+
+
+@pytest.mark.parametrize("kind", ["webhook", "rudderstack"])
+def test_a_row_that_is_not_json_becomes_dead_and_the_rest_is_sent(spool, sink, kind):
+    fill(spool, "hook", 3)
+    spool._connection().execute("UPDATE spool SET event = '{not json' WHERE message_id = 'm-1'")
+    options = {"url": sink.url} if kind == "webhook" else {"data_plane_url": sink.url, "write_key": "k"}
+    target = destination("hook", kind, **options)
+    replayer = Replayer({"hook": target}, spool)
+    try:
+        report = replayer.replay("hook")
+    finally:
+        replayer.close()
+        target.close()
+    assert (report.delivered, report.refused) == (2, 1)
+    assert sorted(sent_message_ids(sink)) == ["m-0", "m-2"]
+    (dead,) = spool.all()
+    assert (dead.message_id, dead.dead, dead.last_error) == ("m-1", True, "the spooled event is not valid JSON")
