@@ -108,7 +108,7 @@ class Replayer:
 
         ``due_at``: only rows whose next attempt time has come by then (the drainer);
         ``None`` sends every waiting row now (a person asked for it). ``stop`` ends the
-        run between pages.
+        run once the units under way are done.
         """
         destination = self.destinations[name]
         breaker = self.breakers.get(name)
@@ -141,6 +141,8 @@ class Replayer:
                 report.stopped = "circuit open"
                 break
             for unit in _units(page, batching) if batching is not None else [[row] for row in page]:
+                if stop is not None and stop.is_set():
+                    break  # closing: finish what is under way, send nothing more
                 window.append(pool.submit(self._send, destination, unit, failed))
                 while len(window) >= 2 * self.concurrency:
                     done.extend(window.popleft().result())
