@@ -349,7 +349,11 @@ def command_spool_replay(args: argparse.Namespace) -> int:
         # Delivery failures are WARNINGs of pixel_wsgi.replay: show them on stderr.
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     lock = DrainLock(spool.path, "pixel-wsgi spool replay")
-    if not lock.acquire():
+    try:
+        acquired = lock.acquire()
+    except OSError as exc:
+        return _fail(f"cannot lock the spool for draining: {lock.path}: {exc.strerror or exc}", 1)
+    if not acquired:
         holder = lock.current_holder() or "another drainer"
         return _fail(f"{spool.path} is being drained by {holder}; nothing was sent. Try again when it is done.", EX_TEMPFAIL)
     replayer = Replayer(destinations, spool, concurrency=args.concurrency)
