@@ -234,3 +234,35 @@ def test_a_file_size_limit_below_max_bytes_answers_503_and_loses_nothing(tmp_pat
         assert "is not writable (disk I/O error" in server.log()
         assert "Traceback" not in server.log()
     print(f"\nunder a {limit >> 20} MiB file size limit: {statuses[200]} accepted, {statuses[503]} answered 503")
+
+
+def test_a_worker_killed_mid_drain_hands_the_spool_to_another(tmp_path):
+    """kill -9 of the worker that drains: another worker's drainer takes over at once.
+
+    Events the killed worker had sent but not yet removed from the spool are sent again
+    (at least once): at most one page of them.
+    """
+    with Sink() as sink:
+        sink.default = Reply(delay=0.02)
+        config = hook_config(tmp_path, sink, drain_interval=0.2)
+        spool_path = Path(config["spool"]["path"])
+        message_ids = fill(spool_path, "hook", 3000)
+        config_path = write_toml(tmp_path / "pixel.toml", config)
+        lock_path = Path(str(spool_path) + ".drain-lock")
+        env = {**environment(), "PIXEL_WSGI_CONFIG": str(config_path)}
+        with gunicorn("pixel_wsgi:create_app()", output=tmp_path / "gunicorn.log", env=env, workers=2) as server:
+            # Each worker's drainer starts with the first request that worker serves.
+            send_pixels(server.url, [f"live-{number}" for number in range(16)])
+            wait_until(lambda: len(sink.requests) > 300, 60, "the drainer sending")
+            holder = re.search(r"pid (\d+)", lock_path.read_text())
+            assert holder is not None
+            killed = int(holder.group(1))
+            os.kill(killed, signal.SIGKILL)
+            wait_until(lambda: not spooled_message_ids(spool_path), 120, "the spool drained by another worker")
+            new_holder = re.search(r"pid (\d+)", lock_path.read_text())
+            assert new_holder is not None and int(new_holder.group(1)) != killed
+        delivered = Counter(sink.delivered_message_ids())
+        assert set(delivered) == set(message_ids) | {f"live-{number}" for number in range(16)}
+        again = sum(count - 1 for count in delivered.values())
+        print(f"\nkill -9 of the draining worker: {again} events sent twice")
+        assert again <= 200 + 16  # one page, and the units under way
