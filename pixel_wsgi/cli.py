@@ -428,38 +428,51 @@ def command_spool_replay(args: argparse.Namespace) -> int:
         # Delivery failures are WARNINGs of pixel_wsgi.replay: show them on stderr.
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     lock = DrainLock(spool.path, "pixel-wsgi spool replay")
-    if not lock.acquire():
+    try:
+        acquired = lock.acquire()
+    except OSError as exc:
+        return _fail(f"cannot lock the spool for draining: {lock.path}: {exc.strerror or exc}", 1)
+    if not acquired:
         holder = lock.current_holder() or "another drainer"
         return _fail(f"{spool.path} is being drained by {holder}; nothing was sent. Try again when it is done.", EX_TEMPFAIL)
     replayer = Replayer(destinations, spool, concurrency=args.concurrency)
     try:
-        names = [args.destination] if args.destination else list(config.destinations)
-        for name in names:
-            report = replayer.replay(name, dead=args.dead)
-            line = f"{name}: {report.delivered} delivered"
-            if report.refused:
-                line += f", {report.refused} refused (kept as dead)"
-            if report.stopped:
-                line += f"; stopped: {report.stopped}"
-            print(line, flush=True)
-        spool.shrink()
-        left = 0
-        for name, (waiting, dead) in spool.counts().items():
-            if args.destination and name != args.destination:
-                continue
-            if name not in config.destinations:
-                print(f"{name}: {waiting + dead} events left for a destination that is not configured")
-            left += waiting + (dead if args.dead or name not in config.destinations else 0)
-            if dead and not args.dead and name in config.destinations:
-                print(f"{name}: {dead} dead events left (replay them with --dead)")
-        print(f"{left} events left to deliver" if left else "nothing left to deliver")
-        return 1 if left else 0
+        return _replay_and_report(args, config, replayer)
+    except sqlite3.Error as exc:
+        # Busy past the busy timeout, or the disk: what was delivered but not yet
+        # removed is sent again next time (delivery is at least once).
+        return _fail(f"{spool.path}: {exc}; run the replay again", 1)
     finally:
         replayer.close()
         lock.release()
         for destination in destinations.values():
             destination.close()
         spool.close()
+
+
+def _replay_and_report(args: argparse.Namespace, config: Config, replayer: Replayer) -> int:
+    spool = replayer.spool
+    names = [args.destination] if args.destination else list(config.destinations)
+    for name in names:
+        report = replayer.replay(name, dead=args.dead)
+        line = f"{name}: {report.delivered} delivered"
+        if report.refused:
+            line += f", {report.refused} refused (kept as dead)"
+        if report.stopped:
+            line += f"; stopped: {report.stopped}"
+        print(line, flush=True)
+    spool.shrink()
+    left = 0
+    for name, (waiting, dead) in spool.counts().items():
+        if args.destination and name != args.destination:
+            continue
+        if name not in config.destinations:
+            print(f"{name}: {waiting + dead} events left for a destination that is not configured")
+        left += waiting + (dead if args.dead or name not in config.destinations else 0)
+        if dead and not args.dead and name in config.destinations:
+            print(f"{name}: {dead} dead events left (replay them with --dead)")
+    print(f"{left} events left to deliver" if left else "nothing left to deliver")
+    return 1 if left else 0
 
 
 def _config_failure(exc: Exception) -> int:

@@ -2,7 +2,7 @@
 
 The app only asks ``dispatcher.dispatch(payload, names)`` and gets back whether the
 event is safe: delivered to every destination, or in the spool for the ones that did
-not take it. How destinations fail, are retried, are spooled and are cut off by a
+not take it (``SpoolFull`` when the spool has no room for it). How destinations fail, are retried, are spooled and are cut off by a
 circuit breaker is decided here.
 
 Time is one wall clock per request: ``[dispatch] budget`` seconds for every delivery
@@ -242,7 +242,9 @@ class Dispatcher:
                 wait=None if deadline is None else deadline - time.monotonic(),
             )
         except SpoolFull:
-            # The app answers "503 spool is full" (and logs it); the client may retry later.
+            # Out of dispatch(): the app answers "503 spool is full" and logs it. The
+            # event's other destinations are not tried: the client is told to send it
+            # again, and whatever they refused could not be spooled either.
             raise
         except Exception:  # the spool failing is the one case that costs the client a 503
             logger.exception("the spool could not keep the event for %s (messageId %s)", name, log_safe(payload.message_id))

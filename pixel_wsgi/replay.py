@@ -108,7 +108,7 @@ class Replayer:
 
         ``due_at``: only rows whose next attempt time has come by then (the drainer);
         ``None`` sends every waiting row now (a person asked for it). ``stop`` ends the
-        run between pages.
+        run once the units under way are done.
         """
         destination = self.destinations[name]
         breaker = self.breakers.get(name)
@@ -132,17 +132,21 @@ class Replayer:
                     breaker.success()
             done.clear()
 
-        for page in self.spool.pages(name, dead=dead, due_at=due_at, size=max(PAGE_SIZE, unit_size * self.concurrency)):
+        # A page keeps every thread busy; its outcome is written in one transaction.
+        page_size = max(PAGE_SIZE, unit_size * self.concurrency)
+        for page in self.spool.pages(name, dead=dead, due_at=due_at, size=page_size):
             if failed.is_set() or (stop is not None and stop.is_set()):
                 break
             if breaker is not None and not breaker.allow():
                 report.stopped = "circuit open"
                 break
             for unit in _units(page, batching) if batching is not None else [[row] for row in page]:
+                if stop is not None and stop.is_set():
+                    break  # closing: finish what is under way, send nothing more
                 window.append(pool.submit(self._send, destination, unit, failed))
                 while len(window) >= 2 * self.concurrency:
                     done.extend(window.popleft().result())
-                if len(done) >= PAGE_SIZE:
+                if len(done) >= page_size:
                     settle()
         while window:
             done.extend(window.popleft().result())
@@ -153,7 +157,14 @@ class Replayer:
         """Runs in a pool thread: one event or one batch; a refused batch again one by one."""
         if failed.is_set():
             return [(row, SKIPPED) for row in unit]
-        payloads = [Payload(row.decoded(), row.source, row.event.encode("utf-8")) for row in unit]
+        try:
+            payloads = [Payload(row.decoded(), row.source, row.event.encode("utf-8")) for row in unit]
+        except ValueError:
+            # A row edited by hand (or written by something else) that is not an event:
+            # no destination can take it, so it is kept as dead for a person to look at.
+            if len(unit) > 1:
+                return [item for row in unit for item in self._send(destination, [row], failed)]
+            return [(unit[0], DeliveryError("the spooled event is not valid JSON", retryable=False))]
         error = _attempt(destination, payloads)
         if error is None:
             return [(row, None) for row in unit]

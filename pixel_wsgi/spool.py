@@ -9,9 +9,9 @@ later.
 
 The spool is bounded: each connection sets SQLite's ``max_page_count`` from
 ``max_bytes``, so SQLite itself refuses an insert past the bound (``SpoolFull``) and
-the request path never measures the file. New files use incremental auto-vacuum, and
-``shrink()`` (run after each drain) hands freed pages back to the file system and
-truncates the write-ahead log, so a drained spool is small again.
+the request path never measures the file. ``shrink()`` (run after each drain) hands
+freed pages back to the file system (incremental auto-vacuum) and truncates the
+write-ahead log, so a drained spool is small again.
 """
 
 from __future__ import annotations
@@ -61,6 +61,11 @@ DEFAULT_MAX_BYTES = 1 << 30
 # A checkpoint leaves the write-ahead log at most this long (SQLite keeps its largest
 # size otherwise: 30 MB after a burst of spooling, for ever).
 JOURNAL_SIZE_LIMIT = 4 << 20
+# The largest spool (in live rows) that shrink() rebuilds to turn incremental vacuum
+# on: well under a second of holding the write lock.
+REBUILD_MAX_BYTES = 8 << 20
+# Pages freed per transaction by shrink(): 8 MB with 4 KiB pages.
+VACUUM_STEP_PAGES = 2048
 
 
 class SpoolFull(Exception):
@@ -131,6 +136,9 @@ class Spool:
     def __init__(self, path: str, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.path = path
         self.max_bytes = max_bytes
+        # Whether this process last found the spool full: the WARNING is logged on the
+        # change, not once per refused event (each of those is logged as a 503).
+        self._was_full = False
         self._connections = PerThread(self._open, sqlite3.Connection.close)
 
     def _open(self) -> sqlite3.Connection:
@@ -186,9 +194,30 @@ class Spool:
             )
         except sqlite3.OperationalError as exc:
             # sqlite_errorname is new in Python 3.11; before, the message is all there is.
-            if getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" or "database or disk is full" in str(exc):
-                raise SpoolFull(f"spool {self.path} is full ({self.max_bytes} bytes)") from None
+            name = getattr(exc, "sqlite_errorname", "")
+            if name == "SQLITE_FULL" or "database or disk is full" in str(exc):
+                raise self._full(connection) from None
+            if name == "SQLITE_IOERR_WRITE":
+                # What a file size limit (EFBIG) or some full file systems give: no room either.
+                raise self._full(connection, f"not writable ({exc}: out of disk space, over a file size limit, or failing)") from None
             raise
+        if self._was_full:
+            self._was_full = False
+            logger.warning("spool %s has room again: events are spooled again", self.path)
+
+    def _full(self, connection: sqlite3.Connection, reason: str = "") -> SpoolFull:
+        """Why the insert found no room: the bound, or the disk. Logged once per process until there is room again."""
+        if not reason:
+            try:
+                pages, limit = (connection.execute(f"PRAGMA {name}").fetchone()[0] for name in ("page_count", "max_page_count"))
+                at_bound = pages >= limit - 1
+            except sqlite3.Error:
+                at_bound = False
+            reason = f"at its bound of {self.max_bytes} bytes ([spool] max_bytes)" if at_bound else "out of disk space"
+        if not self._was_full:
+            self._was_full = True
+            logger.warning("spool %s is %s: events that need it are answered 503 until there is room", self.path, reason)
+        return SpoolFull(f"spool {self.path} is {reason}")
 
     # -- replay and inspection -----------------------------------------------------
 
@@ -257,19 +286,26 @@ class Spool:
         return _file_size(self.path), _file_size(self.path + "-wal")
 
     def shrink(self) -> None:
-        """Give freed pages back and truncate the write-ahead log (after a drain).
+        """Give freed pages back to the file system and truncate the write-ahead log (after a drain).
 
         Best effort: a checkpoint cannot truncate while another process reads, and the
-        next drain tries again. A file made before incremental auto-vacuum is rebuilt
-        once it is empty, which is cheap then and switches it over for good.
+        next drain tries again. Freed pages are released a few megabytes per
+        transaction, so events spooled meanwhile wait milliseconds, not seconds.
         """
         connection = self._connection()
-        auto_vacuum = connection.execute("PRAGMA auto_vacuum").fetchone()[0]
-        if auto_vacuum == 0:
-            if connection.execute("SELECT 1 FROM spool LIMIT 1").fetchone() is None:
+        if _pragma(connection, "auto_vacuum") == 0:
+            # SQLite only turns incremental vacuum on for a file without tables, and the
+            # WAL switch comes first: every spool file starts without it. A rebuild turns
+            # it on; it rewrites the live rows under the write lock, so only while they are few.
+            page_size, pages, free = (_pragma(connection, name) for name in ("page_size", "page_count", "freelist_count"))
+            if free and (pages - free) * page_size <= REBUILD_MAX_BYTES:
+                connection.execute("PRAGMA auto_vacuum = INCREMENTAL")
                 connection.execute("VACUUM")
         else:
-            connection.execute("PRAGMA incremental_vacuum").fetchall()
+            for _ in range(-(-_pragma(connection, "freelist_count") // VACUUM_STEP_PAGES)):
+                # executescript runs it to the end: execute() would step once (one page),
+                # since the statement returns no rows.
+                connection.executescript(f"PRAGMA incremental_vacuum({VACUUM_STEP_PAGES});")
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def all(self) -> list[SpooledEvent]:
@@ -282,6 +318,10 @@ class Spool:
 
     def __repr__(self) -> str:
         return f"<Spool {self.path}>"
+
+
+def _pragma(connection: sqlite3.Connection, name: str) -> int:
+    return int(connection.execute(f"PRAGMA {name}").fetchone()[0])
 
 
 def _file_size(path: str) -> int:

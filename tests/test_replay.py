@@ -75,7 +75,7 @@ def test_an_add_past_max_bytes_raises_spool_full_and_stores_nothing(tmp_path):
     spool = Spool(str(tmp_path / "spool.sqlite3"), max_bytes=1 << 20)
     try:
         stored = 0
-        with pytest.raises(SpoolFull, match="is full"):
+        with pytest.raises(SpoolFull, match=r"at its bound of 1048576 bytes \(\[spool\] max_bytes\)"):
             while True:
                 spool.add("hook", f"m-{stored}", "web", event_body(f"m-{stored}", 4000), attempts=1, error="down")
                 stored += 1
@@ -101,6 +101,8 @@ def test_the_app_answers_503_spool_is_full_and_logs_it(tmp_path, caplog):
         full = next(answer for answer in answers if answer.status_int == 503)
         assert "spool is full" in full.text
         assert "rejected 503 /pixel/v1/track: spool is full" in caplog.text
+        # The cause is logged when the spool becomes full, not once per event.
+        assert caplog.text.count("is at its bound of 1048576 bytes ([spool] max_bytes)") == 1
         # A 200 means stored: every one of them is in the spool.
         accepted = {f"m-{n}" for n, answer in enumerate(answers) if answer.status_int == 200}
         assert {row.message_id for row in app.spool.all()} == accepted
@@ -108,23 +110,27 @@ def test_the_app_answers_503_spool_is_full_and_logs_it(tmp_path, caplog):
         app.close()
 
 
-def test_a_drained_spool_shrinks_back(spool):
-    fill(spool, "hook", 8000, padding=2000)
-    grown = sum(spool.size())
-    assert grown > 16_000_000
+def test_a_drained_spool_shrinks_back_even_with_dead_events_left(spool):
     memory = destination("hook", "memory")
     replayer = Replayer({"hook": memory}, spool)
+    # Dead events stay until a person replays them: the file must shrink around them.
+    for number in range(5):
+        spool.add("hook", f"dead-{number}", "web", event_body(f"dead-{number}"), attempts=1, error="HTTP 400", dead=True)
     try:
-        assert replayer.replay("hook").delivered == 8000
+        for cycle in ("first outage", "second outage"):
+            fill(spool, "hook", 8000, padding=2000)
+            grown = sum(spool.size())
+            assert grown > 16_000_000
+            assert replayer.replay("hook").delivered == 8000
+            spool.shrink()
+            database, wal = spool.size()
+            print(f"\n{cycle}: 8,000 events, {grown / 1e6:.1f} MB; drained and shrunk: {database} B + {wal} B WAL")
+            assert database < 100_000 and wal == 0
+            assert len(spool.all()) == 5
+            # Incremental vacuum is on from the first shrink: the second one uses it.
+            assert spool._connection().execute("PRAGMA auto_vacuum").fetchone()[0] == 2
     finally:
         replayer.close()
-    spool.shrink()
-    database, wal = spool.size()
-    print(f"\nspool of 8,000 events: {grown / 1e6:.1f} MB; drained and shrunk: {database} B + {wal} B WAL")
-    assert database < 100_000 and wal == 0
-    # Still a working spool afterwards, now with incremental vacuum for good.
-    fill(spool, "hook", 1)
-    assert spool._connection().execute("PRAGMA auto_vacuum").fetchone()[0] == 2
 
 
 # -- replay ---------------------------------------------------------------------------
@@ -320,3 +326,21 @@ def test_spool_options_are_validated(tmp_path: Path, spool_options, message):
 def test_batch_size_is_validated():
     with pytest.raises(ConfigError, match="destinations.rs.batch_size: must be at least 1"):
         destination("rs", "rudderstack", write_key="k", data_plane_url="http://127.0.0.1:9", batch_size=0)
+
+
+@pytest.mark.parametrize("kind", ["webhook", "rudderstack"])
+def test_a_row_that_is_not_json_becomes_dead_and_the_rest_is_sent(spool, sink, kind):
+    fill(spool, "hook", 3)
+    spool._connection().execute("UPDATE spool SET event = '{not json' WHERE message_id = 'm-1'")
+    options = {"url": sink.url} if kind == "webhook" else {"data_plane_url": sink.url, "write_key": "k"}
+    target = destination("hook", kind, **options)
+    replayer = Replayer({"hook": target}, spool)
+    try:
+        report = replayer.replay("hook")
+    finally:
+        replayer.close()
+        target.close()
+    assert (report.delivered, report.refused) == (2, 1)
+    assert sorted(sent_message_ids(sink)) == ["m-0", "m-2"]
+    (dead,) = spool.all()
+    assert (dead.message_id, dead.dead, dead.last_error) == ("m-1", True, "the spooled event is not valid JSON")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 from webtest import TestApp
 
@@ -92,3 +95,38 @@ def test_spool_commands_report_config_errors(tmp_path, args, message):
     result = run_cli("spool", *args, "--config", str(path))
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_spool_commands_without_a_configuration_use_the_embedded_default(tmp_path):
+    """`serve` without --config spools beside its --db; list and replay find that spool too."""
+    db = tmp_path / "pixel-events.sqlite3"
+    spool = Spool(str(tmp_path / "pixel-spool.sqlite3"))
+    try:
+        for number in range(3):
+            body = f'{{"type":"track","event":"Opened","messageId":"e-{number}","anonymousId":"a"}}'.encode()
+            spool.add("events", f"e-{number}", "default", body, attempts=1, error="database is locked")
+    finally:
+        spool.close()
+
+    listed = run_cli("spool", "list", "--db", str(db))
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[1].split() == ["events", "3", "0"]
+    assert "the embedded default's" in listed.stdout
+
+    replayed = run_cli("spool", "replay", "--db", str(db))
+    assert replayed.returncode == 0, replayed.stderr
+    assert "events: 3 delivered" in replayed.stdout
+    stored = run_cli("events", "--db", str(db), "--json")
+    assert sorted(json.loads(line)["messageId"] for line in stored.stdout.splitlines()) == ["e-0", "e-1", "e-2"]
+
+
+def test_spool_list_shows_the_size_and_the_bound(down_then_back):
+    _, config_path, _, _ = down_then_back
+    listed = run_cli("spool", "list", "--config", str(config_path))
+    assert re.search(r"^spool size: [\d.]+ KiB of 1\.0 GiB", listed.stdout, re.M), listed.stdout
+
+
+def test_concurrency_must_be_positive(down_then_back):
+    _, config_path, _, _ = down_then_back
+    result = run_cli("spool", "replay", "--concurrency", "0", "--config", str(config_path))
+    assert result.returncode == 2 and "--concurrency: must be 1 or more" in result.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from typing import Any
 from pixel_wsgi.spool import Spool
 from tests.support.delivery import delivery_config, spooled_message_ids, track_url
 from tests.support.processes import environment, run_cli, write_toml
-from tests.support.servers import gunicorn, http_get
+from tests.support.servers import gunicorn, http_get, server_process
 from tests.support.sink import Reply, Sink
 
 # The request path spools an event that found its destination down as due again in a
@@ -198,3 +199,70 @@ def test_a_spool_at_its_bound_answers_503_and_loses_nothing_that_got_a_200(tmp_p
     finally:
         sink.stop()
     print(f"\n{statuses[200]} events accepted up to the 1 MiB bound, {statuses[503]} answered 503 spool is full")
+
+
+def test_a_file_size_limit_below_max_bytes_answers_503_and_loses_nothing(tmp_path):
+    """An operator's ulimit -f (or a nearly full disk) reached before ``max_bytes``: still a 503, never a 200 unstored."""
+    sink = Sink().start()
+    sink.stop()
+    config = hook_config(tmp_path, sink, drain_interval=0)
+    spool_path = Path(config["spool"]["path"])
+    config_path = write_toml(tmp_path / "pixel.toml", config)
+    env = {**environment(), "PIXEL_WSGI_CONFIG": str(config_path), "PYTHONUNBUFFERED": "1"}
+    limit = 2 << 20
+    # The limit is set in the process that becomes gunicorn, so the workers inherit it.
+    command = [
+        sys.executable, "-c",
+        "import os, resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (%d, %d)); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'gunicorn', *sys.argv[1:]])" % (limit, limit),
+        "--bind", "127.0.0.1:0", "--workers", "2", "--threads", "4", "--limit-request-line", "0", "pixel_wsgi:create_app()",
+    ]  # fmt: skip
+
+    def ready(log: str) -> str | None:
+        match = re.search(r"Listening at: (http://127\.0\.0\.1:\d+)", log)
+        return match.group(1) if match and log.count("Booting worker") >= 2 else None
+
+    message_ids = [f"big-{number}" for number in range(600)]
+    with server_process(command, output=tmp_path / "gunicorn.log", env=env, ready=ready) as server:
+        answers = send_pixels(server.url, message_ids, **{"properties.padding": "x" * 8000})
+        statuses = Counter(status for status, _ in answers.values())
+        assert set(statuses) == {200, 503}, statuses
+        accepted = {message_id for message_id, (status, _) in answers.items() if status == 200}
+        assert spooled_message_ids(spool_path) == accepted
+        assert all(body == b"spool is full" for status, body in answers.values() if status == 503)
+        # The cause once per worker, then one line per refused event, and no traceback.
+        assert "is not writable (disk I/O error" in server.log()
+        assert "Traceback" not in server.log()
+    print(f"\nunder a {limit >> 20} MiB file size limit: {statuses[200]} accepted, {statuses[503]} answered 503")
+
+
+def test_a_worker_killed_mid_drain_hands_the_spool_to_another(tmp_path):
+    """kill -9 of the worker that drains: another worker's drainer takes over at once.
+
+    Events the killed worker had sent but not yet removed from the spool are sent again
+    (at least once): at most one page of them.
+    """
+    with Sink() as sink:
+        sink.default = Reply(delay=0.02)
+        config = hook_config(tmp_path, sink, drain_interval=0.2)
+        spool_path = Path(config["spool"]["path"])
+        message_ids = fill(spool_path, "hook", 3000)
+        config_path = write_toml(tmp_path / "pixel.toml", config)
+        lock_path = Path(str(spool_path) + ".drain-lock")
+        env = {**environment(), "PIXEL_WSGI_CONFIG": str(config_path)}
+        with gunicorn("pixel_wsgi:create_app()", output=tmp_path / "gunicorn.log", env=env, workers=2) as server:
+            # Each worker's drainer starts with the first request that worker serves.
+            send_pixels(server.url, [f"live-{number}" for number in range(16)])
+            wait_until(lambda: len(sink.requests) > 300, 60, "the drainer sending")
+            holder = re.search(r"pid (\d+)", lock_path.read_text())
+            assert holder is not None
+            killed = int(holder.group(1))
+            os.kill(killed, signal.SIGKILL)
+            wait_until(lambda: not spooled_message_ids(spool_path), 120, "the spool drained by another worker")
+            new_holder = re.search(r"pid (\d+)", lock_path.read_text())
+            assert new_holder is not None and int(new_holder.group(1)) != killed
+        delivered = Counter(sink.delivered_message_ids())
+        assert set(delivered) == set(message_ids) | {f"live-{number}" for number in range(16)}
+        again = sum(count - 1 for count in delivered.values())
+        print(f"\nkill -9 of the draining worker: {again} events sent twice")
+        assert again <= 200 + 16  # one page, and the units under way
