@@ -89,7 +89,7 @@ def describe(error: Exception) -> str:
 
 
 class _Pending:
-    """One row on its way to the database and the lock its request thread waits on."""
+    """One queued row and the lock its request thread waits on."""
 
     __slots__ = ("row", "deadline", "done", "error", "cancelled")
 
@@ -97,8 +97,8 @@ class _Pending:
         self.row = row
         # time.monotonic() after which its request no longer waits.
         self.deadline = deadline
-        # A bare lock, taken now and released by the committer: the cheapest
-        # one-shot signal between two threads (an Event builds a Condition).
+        # A bare lock, taken now and released by the thread that commits the row:
+        # the cheapest one-shot signal between two threads (an Event builds a Condition).
         self.done = allocate_lock()
         self.done.acquire()
         self.error: str | None = None
