@@ -19,7 +19,7 @@ import pytest
 from pixel_wsgi import PixelApp
 from pixel_wsgi.destinations import DeliveryError, Payload
 from pixel_wsgi.destinations.sqlite import INSERT, SCHEMA, SQLiteDestination, read_events
-from pixel_wsgi.group_commit import CHECKPOINT_EVERY, GroupCommitError, GroupCommitter, GroupCommitTimeout
+from pixel_wsgi.group_commit import CHECKPOINT_EVERY, FILE_CHECK_INTERVAL, GroupCommitError, GroupCommitter, GroupCommitTimeout
 from pixel_wsgi.resources import open_wal_database
 from tests.support.processes import environment
 
@@ -278,6 +278,29 @@ def test_checkpoints_run_beside_the_commits(database: Path) -> None:
     finally:
         writer.close()
     assert writer._checkpointer is None
+
+
+@pytest.mark.parametrize("how", ["renamed", "deleted"])
+def test_a_store_moved_away_gets_a_new_file(tmp_path: Path, how: str) -> None:
+    """An operator archives the store (rename or delete): new rows go to a new file at the same path."""
+    path = tmp_path / "events.sqlite3"
+    writer = GroupCommitter(str(path), SCHEMA, INSERT)
+    try:
+        writer.insert(row("before"))
+        if how == "renamed":
+            for suffix in ("", "-wal", "-shm"):
+                if Path(f"{path}{suffix}").exists():
+                    Path(f"{path}{suffix}").rename(tmp_path / f"archived.sqlite3{suffix}")
+        else:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+        time.sleep(FILE_CHECK_INTERVAL + 0.1)
+        writer.insert(row("after"))
+        assert stored_ids(path) == ["after"]
+        if how == "renamed":
+            assert stored_ids(tmp_path / "archived.sqlite3") == ["before"]
+    finally:
+        writer.close()
 
 
 WRITER = """
