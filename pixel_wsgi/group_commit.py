@@ -34,6 +34,9 @@ The rules:
   ``insert`` of each process (gunicorn forks after building the app); there is one
   connection per process whatever the number of request threads, so a
   thread-per-request server cannot pile up connections.
+- **A moved or deleted file is noticed**: within ``FILE_CHECK_INTERVAL`` the next
+  commit opens a new file at ``path`` (an operator archiving the store), instead of
+  writing on into a file nobody can find.
 - **``close()`` drains**: rows queued before it are committed, then the connection is
   closed; a later ``insert`` opens a new one.
 - **Checkpoints are off the request path**: SQLite's automatic checkpoint would copy
@@ -66,6 +69,9 @@ MAX_BATCH = 500
 DEFAULT_TIMEOUT = 30.0
 # How long ``close()`` waits for the checkpointer thread to end.
 CLOSE_TIMEOUT = 10.0
+# Seconds between two looks at whether ``path`` is still the file being written
+# (a ``stat``): a store renamed or deleted gets a new file within this time.
+FILE_CHECK_INTERVAL = 1.0
 # Commits between two checkpoints: at one or two WAL frames per commit this stays
 # below SQLite's own default of 1000 frames, so the WAL file stays a few MB.
 CHECKPOINT_EVERY = 250
@@ -89,7 +95,7 @@ def describe(error: Exception) -> str:
 
 
 class _Pending:
-    """One row on its way to the database and the lock its request thread waits on."""
+    """One queued row and the lock its request thread waits on."""
 
     __slots__ = ("row", "deadline", "done", "error", "cancelled")
 
@@ -97,8 +103,8 @@ class _Pending:
         self.row = row
         # time.monotonic() after which its request no longer waits.
         self.deadline = deadline
-        # A bare lock, taken now and released by the committer: the cheapest
-        # one-shot signal between two threads (an Event builds a Condition).
+        # A bare lock, taken now and released by the thread that commits the row:
+        # the cheapest one-shot signal between two threads (an Event builds a Condition).
         self.done = allocate_lock()
         self.done.acquire()
         self.error: str | None = None
@@ -133,6 +139,10 @@ class GroupCommitter:
         self._connection_pid: int | None = None
         # The connection's busy timeout now (set per transaction from the waiters' time).
         self._busy_ms = BUSY_TIMEOUT_MS
+        # The file the connection writes to (device, inode), looked at again at most
+        # once per FILE_CHECK_INTERVAL.
+        self._file_identity: tuple[int, int] | None = None
+        self._file_checked_at = 0.0
         # Rows waiting for the turn, per process (made on first use, after the fork).
         self._queue: SimpleQueue[_Pending] | None = None
         self._queue_pid: int | None = None
@@ -325,24 +335,23 @@ class GroupCommitter:
             return self._checkpoint_wanted
 
     def _checkpoint_loop(self, wanted: threading.Event) -> None:
-        connection: sqlite3.Connection | None = None
-        try:
-            while True:
-                wanted.wait()
-                wanted.clear()
-                if self._checkpoint_wanted is not wanted:  # close() stopped this one
-                    return
+        while True:
+            wanted.wait()
+            wanted.clear()
+            if self._checkpoint_wanted is not wanted:  # close() stopped this one
+                return
+            # A connection per checkpoint (a few hundred commits apart): it always
+            # reaches the file now at ``path``, even after the store was moved.
+            try:
+                connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
                 try:
-                    if connection is None:
-                        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-                    # PASSIVE copies what it can without waiting for writers or readers;
-                    # what is left is copied next time.
+                    # PASSIVE copies what it can without waiting for writers or
+                    # readers; what is left is copied next time.
                     connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                except sqlite3.Error as exc:
-                    logger.debug("sqlite %s: checkpoint failed (%s); trying again later", self.path, exc)
-        finally:
-            if connection is not None:
-                connection.close()
+                finally:
+                    connection.close()
+            except sqlite3.Error as exc:
+                logger.debug("sqlite %s: checkpoint failed (%s); trying again later", self.path, exc)
 
     def _connection_for(self, patience: float) -> sqlite3.Connection:
         """This process's connection, waiting at most ``patience`` seconds for another's lock.
@@ -365,14 +374,38 @@ class GroupCommitter:
 
     def _connection_here(self) -> sqlite3.Connection:
         pid = os.getpid()
-        if self._connection is None or self._connection_pid != pid:
-            # A connection inherited through fork must never be used in the child.
-            self._connection = self._connect(self.path, self.schema)
-            self._connection_pid = pid
-            self._busy_ms = BUSY_TIMEOUT_MS
-            # Checkpoints are the checkpointer thread's job, never a commit's.
-            self._connection.execute("PRAGMA wal_autocheckpoint = 0")
+        connection = self._connection
+        if connection is not None and self._connection_pid == pid:
+            now = time.monotonic()
+            if now < self._file_checked_at + FILE_CHECK_INTERVAL:
+                return connection
+            self._file_checked_at = now
+            if self._same_file():
+                return connection
+            # Renamed away or deleted (an operator archiving the store): a connection
+            # kept open would go on writing where nobody reads. Start a new file.
+            logger.warning("sqlite %s: the file was moved or deleted; opening a new one", self.path)
+            connection.close()
+        # A connection inherited through fork must never be used in the child.
+        self._connection = connection = self._connect(self.path, self.schema)
+        self._connection_pid = pid
+        self._busy_ms = BUSY_TIMEOUT_MS
+        self._file_identity = self._identity()
+        self._file_checked_at = time.monotonic()
+        # Checkpoints are the checkpointer thread's job, never a commit's.
+        connection.execute("PRAGMA wal_autocheckpoint = 0")
         return self._connection
+
+    def _identity(self) -> tuple[int, int] | None:
+        try:
+            status = os.stat(self.path)
+        except OSError:
+            return None
+        return (status.st_dev, status.st_ino)
+
+    def _same_file(self) -> bool:
+        identity = self._identity()
+        return identity is not None and identity == self._file_identity
 
     @staticmethod
     def _usable(connection: sqlite3.Connection) -> bool:

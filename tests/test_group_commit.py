@@ -20,7 +20,7 @@ from pixel_wsgi import PixelApp
 from pixel_wsgi.config import build_destination
 from pixel_wsgi.destinations import DeliveryError, Payload
 from pixel_wsgi.destinations.sqlite import INSERT, SCHEMA, read_events
-from pixel_wsgi.group_commit import CHECKPOINT_EVERY, GroupCommitError, GroupCommitter, GroupCommitTimeout
+from pixel_wsgi.group_commit import CHECKPOINT_EVERY, FILE_CHECK_INTERVAL, GroupCommitError, GroupCommitter, GroupCommitTimeout
 from pixel_wsgi.resources import open_wal_database
 from tests.support.processes import environment
 
@@ -281,6 +281,29 @@ def test_checkpoints_run_beside_the_commits(database: Path) -> None:
     assert writer._checkpointer is None
 
 
+@pytest.mark.parametrize("how", ["renamed", "deleted"])
+def test_a_store_moved_away_gets_a_new_file(tmp_path: Path, how: str) -> None:
+    """An operator archives the store (rename or delete): new rows go to a new file at the same path."""
+    path = tmp_path / "events.sqlite3"
+    writer = GroupCommitter(str(path), SCHEMA, INSERT)
+    try:
+        writer.insert(row("before"))
+        if how == "renamed":
+            for suffix in ("", "-wal", "-shm"):
+                if Path(f"{path}{suffix}").exists():
+                    Path(f"{path}{suffix}").rename(tmp_path / f"archived.sqlite3{suffix}")
+        else:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+        time.sleep(FILE_CHECK_INTERVAL + 0.1)
+        writer.insert(row("after"))
+        assert stored_ids(path) == ["after"]
+        if how == "renamed":
+            assert stored_ids(tmp_path / "archived.sqlite3") == ["before"]
+    finally:
+        writer.close()
+
+
 WRITER = """
 import sys, sqlite3, threading
 from pixel_wsgi.destinations import Payload
@@ -375,3 +398,48 @@ def test_a_locked_store_costs_the_request_its_budget_not_more(tmp_path: Path) ->
         assert stored_ids(database) == []
     finally:
         app.close()
+
+
+@pytest.mark.slow
+def test_under_gunicorn_each_200_is_a_row_readable_right_away(tmp_path: Path) -> None:
+    """gunicorn gthread, 2 workers x 4 threads, app built before the fork: 8 clients at once,
+    and after every 200 the event is read back from the store by another connection."""
+    from tests.support.processes import write_toml
+    from tests.support.servers import gunicorn, http_get
+
+    database = tmp_path / "events.sqlite3"
+    config = write_toml(
+        tmp_path / "pixel.toml",
+        {
+            "sources": [{"name": "web", "write_key": "k"}],
+            "destinations": {"store": {"type": "sqlite", "path": str(database)}},
+            "spool": {"path": str(tmp_path / "spool.sqlite3")},
+        },
+    )
+    env = {**environment(), "PIXEL_WSGI_CONFIG": str(config)}
+    problems: list[str] = []
+    with gunicorn(
+        "pixel_wsgi:create_app()",
+        output=tmp_path / "gunicorn.log",
+        env=env,
+        workers=2,
+        threads=4,
+        args=["--worker-class", "gthread", "--preload"],
+    ) as server:
+
+        def client(number: int) -> None:
+            for request in range(40):
+                message_id = f"c{number}-{request}"
+                status, _, _ = http_get(f"{server.url}/pixel/v1/track?writeKey=k&event=Opened&anonymousId=a&messageId={message_id}")
+                if status != 200:
+                    problems.append(f"{message_id}: {status}")
+                elif not is_stored(database, message_id):
+                    problems.append(f"{message_id}: answered 200 but not in the store")
+
+        clients = [threading.Thread(target=client, args=(number,)) for number in range(8)]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join(120)
+    assert problems == []
+    assert len(stored_ids(database)) == 8 * 40

@@ -3,7 +3,7 @@
 WAL mode lets readers (``pixel-wsgi events``) run beside writers, and the busy
 timeout makes concurrent writers from several gunicorn workers wait for each other
 instead of failing. Rows are written by group commit (``pixel_wsgi.group_commit``):
-one committer thread and one connection per process, started on the first event
+one connection and one commit at a time per process, opened on the first event
 (never before gunicorn forks), so that a request returns once the transaction with
 its row has committed, and concurrent requests share one commit instead of paying
 for one each. One connection per process also means a thread-per-request server
@@ -91,7 +91,7 @@ class SQLiteDestination(Destination):
     def __init__(self, name: str, options: SQLiteOptions) -> None:
         super().__init__(name, options)
         self.path = options.path
-        # Nothing opened here: the committer starts on the first event of each process.
+        # Nothing opened here: the connection opens on the first event of each process.
         self._writer = GroupCommitter(self.path, SCHEMA, INSERT)
 
     def deliver(self, payload: Payload) -> None:
