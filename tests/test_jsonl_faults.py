@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from pixel_wsgi.config import DestinationConfig
-from pixel_wsgi.destinations import DeliveryError, Payload, build_destination
+from pixel_wsgi.config import build_destination
+from pixel_wsgi.destinations import DeliveryError, Payload
 from tests.support.delivery import delivery_config, spooled_message_ids, track_url
 from tests.support.processes import environment, free_port, write_toml
 from tests.support.servers import gunicorn, http_get, server_process
@@ -34,7 +34,7 @@ def message_ids(path: Path) -> list[str]:
 
 def test_a_deleted_file_is_recreated_at_path(tmp_path):
     path = tmp_path / "events.jsonl"
-    destination = build_destination(DestinationConfig("lines", "jsonl", {"path": str(path)}))
+    destination = build_destination("lines", {"type": "jsonl", "path": str(path)})
     try:
         destination.deliver(Payload({"messageId": "m-1"}))
         path.unlink()
@@ -134,7 +134,7 @@ def test_a_short_write_is_cut_back_in_process(tmp_path):
     """The same with the limit on this process: the destination reports the short write
     (the dispatcher then spools the event) and the next line follows the last whole one."""
     path = tmp_path / "events.jsonl"
-    destination = build_destination(DestinationConfig("lines", "jsonl", {"path": str(path)}))
+    destination = build_destination("lines", {"type": "jsonl", "path": str(path)})
     try:
         destination.deliver(Payload({"messageId": "m-1"}))
         previous = resource.getrlimit(resource.RLIMIT_FSIZE)
