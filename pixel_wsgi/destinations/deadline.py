@@ -1,4 +1,4 @@
-"""HTTP connections whose every wait ends at one wall-clock deadline.
+"""Keep-alive HTTP connections whose every wait ends at one wall-clock deadline.
 
 A socket timeout bounds one ``recv``: a server that sends its answer a byte every two
 seconds never trips a five-second read timeout and holds the caller for as long as it
@@ -7,18 +7,23 @@ of each connection is wrapped so that, before every receive, its timeout is set 
 what is left until the deadline of the current delivery, and a receive after the
 deadline fails at once. Status line, headers and body are all read through it.
 
-Connecting is bounded by the connect timeout the caller passes (what is left of the
-budget); sending a small JSON body is one ``sendall`` under the socket's timeout.
+The connections are the standard library's ``http.client`` ones: one per thread and
+origin, kept alive between deliveries. A pool library on top (urllib3, requests)
+doubled the cost of a POST on a fast network (measured: 180 µs against 89 µs for the
+same request bytes) and gives nothing a single thread's single connection needs.
+Connecting is bounded by what is left of the budget; sending a small JSON body is one
+``sendall`` under the socket's timeout.
 """
 
 from __future__ import annotations
 
+import http.client
 import io
+import select
 import socket
+import ssl
 import time
 from typing import Any
-
-from urllib3.connection import HTTPConnection, HTTPSConnection
 
 
 class Deadline:
@@ -70,27 +75,42 @@ class _DeadlineSocket:
         return getattr(self._sock, name)
 
 
-class DeadlineHTTPConnection(HTTPConnection):
-    def __init__(self, *args: Any, deadline: Deadline, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._deadline = deadline
+class _DeadlineConnection:
+    """What both connection classes add: the deadline for connecting and reading, and
+    a test for a kept-alive connection the server has closed."""
+
+    _deadline: Deadline
+    sock: Any
+    timeout: float | None
 
     def connect(self) -> None:
-        super().connect()
+        # What is left of the delivery's time bounds the connect too.
+        self.timeout = max(0.001, self._deadline.remaining())
+        super().connect()  # type: ignore[misc]
         self.sock = _DeadlineSocket(self.sock, self._deadline)
 
+    def is_stale(self) -> bool:
+        """Whether the server has closed this idle connection (or written to it unasked).
 
-class DeadlineHTTPSConnection(HTTPSConnection):
-    def __init__(self, *args: Any, deadline: Deadline, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        An idle connection has nothing to read; if it is readable, the server sent its
+        FIN (or junk), and a request on it would fail after being sent.
+        """
+        if self.sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
+
+class DeadlineHTTPConnection(_DeadlineConnection, http.client.HTTPConnection):
+    def __init__(self, host: str, port: int | None, deadline: Deadline) -> None:
+        super().__init__(host, port)
         self._deadline = deadline
 
-    def connect(self) -> None:
-        super().connect()
-        self.sock = _DeadlineSocket(self.sock, self._deadline)
 
-
-deadline_connection_classes: dict[str, type[HTTPConnection]] = {
-    "http": DeadlineHTTPConnection,
-    "https": DeadlineHTTPSConnection,
-}
+class DeadlineHTTPSConnection(_DeadlineConnection, http.client.HTTPSConnection):
+    def __init__(self, host: str, port: int | None, deadline: Deadline, context: ssl.SSLContext) -> None:
+        super().__init__(host, port, context=context)
+        self._deadline = deadline

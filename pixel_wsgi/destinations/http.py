@@ -1,46 +1,48 @@
-"""The common part of HTTP destinations: a keep-alive pool, timeouts and status mapping.
+"""The common part of HTTP destinations: keep-alive connections, deadlines and status mapping.
 
-Each destination keeps one ``requests.Session`` per thread (gthread workers share the
-destination object; a Session is not documented as thread-safe) and per process: the
-first ``deliver`` in a forked gunicorn worker makes a new one, so no socket opened
-before the fork is ever shared. Nothing is opened in the constructor.
+Each destination keeps one connection per origin, per thread (gthread workers share
+the destination object; a connection serves one request at a time) and per process:
+the first ``deliver`` in a forked gunicorn worker opens new ones, so no socket opened
+before the fork is ever shared. Nothing is opened in the constructor. A thread's
+connections are closed when the thread ends (``PerThread``), so a server that starts a
+thread per request does not leak them.
 
-requests builds the connection pool (its ``HTTPAdapter``: keep-alive, TLS verification
-against certifi's bundle) and each POST goes straight to that urllib3 pool. On the
-request path ``Session.request`` merges environment settings (proxies,
-``REQUESTS_CA_BUNDLE``, ``.netrc``) on every call, and even ``Session.send`` spends more
-on cookie jars, hooks and response wrapping than the POST itself costs on a fast
-network (measured: about 3x a raw ``http.client`` keep-alive POST, against 1.7x this
-way). Headers and the ``Authorization`` value are computed once, in ``__init__``.
-
-Every wait is bounded by one wall-clock deadline per delivery (``deadline.py``): a
-server that answers a byte every few seconds, status line and headers included,
-cannot hold a request past it, where urllib3's read timeout restarts at every byte.
-The response body is read up to ``MAX_RESPONSE_BODY`` bytes and no further: a
-destination answering with megabytes gets its connection closed, not read.
+The connections are ``http.client``'s, wrapped so that one wall-clock deadline bounds
+connecting, sending, the status line, the headers and the body (``deadline.py``): a
+server that answers a byte every few seconds cannot hold a request past it. TLS is
+verified against certifi's bundle (what requests uses), with the host name checked;
+proxies, CA bundles and ``.netrc`` are never read from the environment. Headers and
+the ``Authorization`` value are computed once, in ``__init__``. The response body is
+read up to ``MAX_RESPONSE_BODY`` bytes and no further: a destination answering with
+megabytes gets its connection closed, not read.
 """
 
 from __future__ import annotations
 
 import base64
 import email.utils
+import http.client
 import logging
+import socket
+import ssl
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Mapping
+from functools import lru_cache
+from typing import Any, Callable, ClassVar, Mapping, Union
+from urllib.parse import urlsplit
 
-import requests
-import requests.adapters
-import urllib3
-from urllib3 import HTTPConnectionPool
-from urllib3.util import Timeout, parse_url
+import certifi
 
 from ..errors import DeliveryError
 from ..options import Integer, Number, OptionsSchema
 from ..resources import PerThread
 from ..version import __version__
 from .base import Destination, Payload
-from .deadline import Deadline, deadline_connection_classes
+from .deadline import Deadline, DeadlineHTTPConnection, DeadlineHTTPSConnection
+
+Connection = Union[DeadlineHTTPConnection, DeadlineHTTPSConnection]
+# What a kept-alive connection the server closed meanwhile raises when it is reused.
+STALE_CONNECTION_ERRORS = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 logger = logging.getLogger(__name__)
 
@@ -108,52 +110,32 @@ class HTTPDestination(Destination):
 
     # -- delivery ---------------------------------------------------------------
 
-    def _pool(self, url: str) -> tuple[HTTPConnectionPool, str]:
-        """This thread's connection pool for ``url``'s origin, and the request target."""
-        local = self._sessions.get()
-        found = local.pools.get(url)
-        if found is None:
-            parsed = parse_url(url)
-            target = (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
-            pool = _pool_for(local.session, url)
-            # The pool is this thread's alone: its connections read this thread's deadline.
-            pool.ConnectionCls = deadline_connection_classes[pool.scheme]
-            pool.conn_kw["deadline"] = local.deadline
-            found = local.pools[url] = (pool, target)
-        return found
-
     def deliver(self, payload: Payload) -> None:
         self.deliver_within(payload, None)
 
     def deliver_within(self, payload: Payload, seconds: float | None) -> None:
         body = payload.body
         local = self._sessions.get()
-        pool, target = self._pool(self.url_for(payload))
+        connection, target = local.connection(self.url_for(payload))
         headers = {**self.headers, "Content-Length": str(len(body)), **self.headers_for(payload)}
         seconds = self.timeout if seconds is None else max(0.001, min(self.timeout, seconds))
         # Connect, send, status line, headers and body all end by this instant.
         local.deadline.start(seconds)
         try:
-            response = pool.urlopen(
-                "POST",
-                target,
-                body=body,
-                headers=headers,
-                retries=False,  # retries are the dispatcher's, within its budget
-                redirect=False,
-                assert_same_host=False,
-                timeout=Timeout(connect=seconds, read=seconds),
-                preload_content=False,
-            )
-        except urllib3.exceptions.NewConnectionError as exc:
-            # Caught first: urllib3 makes it a subclass of ConnectTimeoutError.
+            response = _post(connection, target, body, headers)
+            status = response.status
+            data = _read_bounded(connection, response)
+        except socket.timeout as exc:
+            connection.close()
+            raise DeliveryError(f"timed out after {seconds:.3g}s ({describe(exc)})") from None
+        except http.client.IncompleteRead as exc:
+            connection.close()
+            raise DeliveryError(
+                f"Connection broken: closed mid-response ({len(exc.partial)} bytes read, {exc.expected} more expected)"
+            ) from None
+        except (http.client.HTTPException, OSError) as exc:
+            connection.close()
             raise DeliveryError(f"{type(exc).__name__}: {describe(exc)}") from None
-        except urllib3.exceptions.TimeoutError as exc:
-            raise DeliveryError(f"timed out after {seconds:.3g}s ({type(exc).__name__})") from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise DeliveryError(f"{type(exc).__name__}: {describe(exc)}") from None
-        status = response.status
-        data = read_bounded(response, seconds)
         if 200 <= status < 300:
             # The status says the destination has the event, even if its body was cut off.
             return
@@ -163,7 +145,7 @@ class HTTPDestination(Destination):
             f"HTTP {status}",
             retryable=retryable,
             status=status,
-            retry_after=parse_retry_after(response.headers.get("Retry-After")) if retryable else None,
+            retry_after=parse_retry_after(response.getheader("Retry-After")) if retryable else None,
             response=text,
         )
 
@@ -171,65 +153,89 @@ class HTTPDestination(Destination):
         self._sessions.close()
 
 
-class ThreadSession:
-    """One thread's ``requests.Session`` and the urllib3 pool of each URL it posts to."""
+def _post(connection: Connection, target: str, body: bytes, headers: Mapping[str, str]) -> http.client.HTTPResponse:
+    """POST on a kept-alive connection, or on a new one if the server closed it meanwhile.
 
-    __slots__ = ("session", "pools", "deadline")
-
-    def __init__(self) -> None:
-        self.session = requests.Session()
-        # Never read proxies, certificates or .netrc from the environment.
-        self.session.trust_env = False
-        self.pools: dict[str, tuple[HTTPConnectionPool, str]] = {}
-        # The deadline of the delivery this thread is making, read by its connections.
-        self.deadline = Deadline()
-
-    def close(self) -> None:
-        self.session.close()
-
-
-def _pool_for(session: requests.Session, url: str) -> HTTPConnectionPool:
-    """The urllib3 pool requests' adapter would use for ``url``, TLS verification included."""
-    adapter = session.get_adapter(url)
-    assert isinstance(adapter, requests.adapters.HTTPAdapter)
-    request = requests.PreparedRequest()
-    request.prepare(method="POST", url=url)
-    if hasattr(adapter, "get_connection_with_tls_context"):  # requests >= 2.32
-        pool = adapter.get_connection_with_tls_context(request, verify=True)
-    else:  # pragma: no cover - older requests
-        pool = adapter.get_connection(url)
-    adapter.cert_verify(pool, url, True, None)
-    assert isinstance(pool, HTTPConnectionPool)
-    return pool
+    A connection the server has closed is found before it is used (``is_stale``) or,
+    if it closed in the instant between, by the error of the first send or read; only
+    then is the request sent again, on a fresh connection. Events are delivered at
+    least once anyway (a destination deduplicates by ``messageId``).
+    """
+    reused = connection.sock is not None
+    if reused and connection.is_stale():
+        connection.close()
+        reused = False
+    try:
+        connection.request("POST", target, body, dict(headers))
+        return connection.getresponse()
+    except STALE_CONNECTION_ERRORS:
+        connection.close()
+        if not reused:
+            raise
+    connection.request("POST", target, body, dict(headers))
+    return connection.getresponse()
 
 
-def read_bounded(response: urllib3.BaseHTTPResponse, seconds: float) -> bytes:
+def _read_bounded(connection: Connection, response: http.client.HTTPResponse) -> bytes:
     """Up to ``MAX_RESPONSE_BODY`` bytes of the body; the connection is kept only if that was all.
 
     A body cut off (the connection closed mid-way, or still trickling in at the
-    deadline) is a failed delivery: the destination may not have the event. A body
-    longer than ``MAX_RESPONSE_BODY`` is not read on: its connection is closed.
+    deadline) raises, and the caller closes the connection: the destination may not
+    have taken the event. A body longer than ``MAX_RESPONSE_BODY`` is not read on: its
+    connection is closed, and its status stands.
     """
-    try:
-        data = response.read(MAX_RESPONSE_BODY + 1, decode_content=False)
-        if len(data) <= MAX_RESPONSE_BODY and not response.read(1, decode_content=False):
-            response.release_conn()
-            return data
-    except urllib3.exceptions.TimeoutError as exc:
-        response.close()
-        raise DeliveryError(f"timed out after {seconds:.3g}s reading the response ({type(exc).__name__})") from None
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
-        response.close()
-        raise DeliveryError(f"{type(exc).__name__} reading the response: {describe(exc)}") from None
-    # Closing the response closes its connection; the pool opens a new one next time.
-    response.close()
-    response.release_conn()
+    data = response.read(MAX_RESPONSE_BODY + 1)
+    if len(data) > MAX_RESPONSE_BODY:
+        connection.close()
+        return data[:MAX_RESPONSE_BODY]
+    # http.client returns a short read, not an error, when the peer closes before the
+    # announced Content-Length (a chunked body cut off does raise IncompleteRead).
+    if response.length:
+        raise http.client.IncompleteRead(data, response.length)
+    if not response.isclosed() and response.read(1):
+        connection.close()
     return data
 
 
+class ThreadSession:
+    """One thread's connection to each origin it posts to, and its delivery deadline."""
+
+    __slots__ = ("connections", "deadline")
+
+    def __init__(self) -> None:
+        self.connections: dict[str, tuple[Connection, str]] = {}
+        # The deadline of the delivery this thread is making, read by its connections.
+        self.deadline = Deadline()
+
+    def connection(self, url: str) -> tuple[Connection, str]:
+        """This thread's connection for ``url``'s origin, and the request target."""
+        found = self.connections.get(url)
+        if found is None:
+            parts = urlsplit(url)
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            host = parts.hostname or ""
+            connection: Connection
+            if parts.scheme == "https":
+                connection = DeadlineHTTPSConnection(host, parts.port, self.deadline, _tls_context())
+            else:
+                connection = DeadlineHTTPConnection(host, parts.port, self.deadline)
+            found = self.connections[url] = (connection, target)
+        return found
+
+    def close(self) -> None:
+        for connection, _ in self.connections.values():
+            connection.close()
+        self.connections.clear()
+
+
+@lru_cache(maxsize=1)
+def _tls_context() -> ssl.SSLContext:
+    """Certificates verified against certifi's bundle, host names checked; built once."""
+    return ssl.create_default_context(cafile=certifi.where())
+
+
 def describe(exc: BaseException) -> str:
-    """The root cause of a requests error in a few words ("Connection refused"), not
-    urllib3's "HTTPConnectionPool(...): Max retries exceeded with url: ..." paragraph."""
+    """The root cause of a connection error in a few words ("Connection refused")."""
     seen: set[int] = set()
     cause: BaseException | None = exc
     while cause is not None and id(cause) not in seen:
