@@ -262,3 +262,48 @@ def test_a_forked_worker_opens_its_own_connections(sink, closing, monkeypatch):
     assert parent_connection.sock is not None  # the parent's connection was not closed by the child
     parent_session.close()
     assert sink.delivered_message_ids() == ["m-parent", "m-child"]
+
+
+def test_https_destinations_verify_the_certificate(tmp_path, closing):
+    """A destination behind a certificate no CA signed is refused, never posted to: the
+    connection is TLS with the certificate checked against certifi's bundle."""
+    import http.server
+    import ssl
+    import subprocess
+    import threading
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    received = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            received.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        destination = build("webhook", url=f"https://127.0.0.1:{server.server_address[1]}/hook", timeout=5)
+        closing.append(destination)
+        with pytest.raises(DeliveryError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            destination.deliver(payload())
+        assert received == []
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
