@@ -30,12 +30,13 @@ from .hostlogs import use_gunicorn_error_log
 from .logsafe import log_safe
 from .masking import mask_write_key
 from .observer import Observer, combine
+from .options import flatten_messages
 from .parsing import nest, split_query, top_level_name
 from .recorder import EventRecorder
 from .redirects import RedirectPolicy
 from .replay import Replayer
 from .responses import Responses
-from .schemas import EventSchemas, format_errors
+from .schemas import EventSchemas
 from .segment_pixel import expand_data
 from .signing import SIGNATURE_PARAMETERS, verify
 from .spool import Spool, SpoolFull
@@ -285,7 +286,7 @@ class PixelApp:
         try:
             loaded = self.schemas.load(event_type, nested, infer_types=source.infer_types)
         except ValidationError as error:
-            raise bad_parameter("; ".join(format_errors(error.messages))) from None
+            raise bad_parameter("; ".join(flatten_messages(error.messages))) from None
         return complete_event(event_type, loaded, source, environ, self.config.trusted_proxies, extra)
 
     def _source_hint(self, query: str, grouped: Dict[str, List[str]] | None) -> SourceConfig | None:

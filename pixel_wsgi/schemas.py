@@ -336,24 +336,3 @@ class EventSchemas:
         """``data``'s keys must be known fields of ``event_type`` (see ``fields``)."""
         schema = self.schema_for(event_type, frozenset(data), infer_types=infer_types)
         return schema.load(data)  # type: ignore[no-any-return]
-
-
-def format_errors(messages: Any, path: str = "") -> list[str]:
-    """marshmallow's nested messages → ``["properties.revenue: must be a number, …"]``."""
-    if isinstance(messages, dict):
-        lines: list[str] = []
-        for key, value in messages.items():
-            if key == "_schema":
-                child = path
-            elif isinstance(key, int):
-                child = f"{path}[{key}]"
-            else:
-                child = f"{path}.{key}" if path else str(key)
-            lines.extend(format_errors(value, child))
-        return lines
-    if isinstance(messages, list):
-        lines = []
-        for item in messages:
-            lines.extend(format_errors(item, path) if not isinstance(item, str) else [f"{path}: {item}" if path else item])
-        return lines
-    return [f"{path}: {messages}" if path else str(messages)]
