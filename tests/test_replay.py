@@ -7,6 +7,7 @@ load) is in test_spool_scale.py.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections import Counter
@@ -89,9 +90,11 @@ def test_an_add_past_max_bytes_raises_spool_full_and_stores_nothing(tmp_path):
 
 
 def test_the_app_answers_503_spool_is_full_and_logs_it(tmp_path, caplog):
-    down = Sink().start()
-    down.stop()
-    config = delivery_config(tmp_path, {"hook": {"type": "webhook", "url": down.url, "timeout": 0.2, "retries": 0}})
+    # A port that is bound and not listening: connection refused, and no one else can take it.
+    hold = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    hold.bind(("127.0.0.1", 0))
+    down_url = f"http://127.0.0.1:{hold.getsockname()[1]}"
+    config = delivery_config(tmp_path, {"hook": {"type": "webhook", "url": down_url, "timeout": 0.2, "retries": 0}})
     config["spool"] |= {"max_bytes": 1 << 20, "drain_interval": 0}
     app = PixelApp(config)
     try:
@@ -109,6 +112,7 @@ def test_the_app_answers_503_spool_is_full_and_logs_it(tmp_path, caplog):
         assert {row.message_id for row in app.spool.all()} == accepted
     finally:
         app.close()
+        hold.close()
 
 
 def test_a_drained_spool_shrinks_back_even_with_dead_events_left(spool):
