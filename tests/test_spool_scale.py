@@ -20,11 +20,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from pixel_wsgi.spool import Spool
 from tests.support.delivery import delivery_config, spooled_message_ids, track_url
 from tests.support.processes import environment, run_cli, write_toml
 from tests.support.servers import gunicorn, http_get, server_process
 from tests.support.sink import Reply, Sink
+
+pytestmark = pytest.mark.slow
 
 # The request path spools an event that found its destination down as due again in a
 # minute (a circuit-open one after the breaker's cooldown): the drainer honours that.
