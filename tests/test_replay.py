@@ -26,7 +26,7 @@ from pixel_wsgi.drainer import Drainer
 from pixel_wsgi.replay import Replayer
 from pixel_wsgi.spool import Spool, SpoolFull
 from tests.support.delivery import delivery_config, track_url
-from tests.support.sink import Reply, Sink, sink_fixture
+from tests.support.sink import Reply, SilentServer, Sink, sink_fixture
 
 
 @pytest.fixture
@@ -349,3 +349,23 @@ def test_a_row_that_is_not_json_becomes_dead_and_the_rest_is_sent(spool, sink, k
     assert sorted(sent_message_ids(sink)) == ["m-0", "m-2"]
     (dead,) = spool.all()
     assert (dead.message_id, dead.dead, dead.last_error) == ("m-1", True, "the spooled event is not valid JSON")
+
+
+def test_a_destination_that_never_answers_gets_one_round_of_requests_per_run(spool):
+    """A black hole (accepts, never answers): each run costs one timeout per thread, not one per event."""
+    fill(spool, "hook", 100)
+    with SilentServer() as silent:
+        hook = destination("hook", "webhook", url=silent.url, timeout=0.3)
+        replayer = Replayer({"hook": hook}, spool, concurrency=4)
+        try:
+            report = replayer.replay("hook")
+        finally:
+            replayer.close()
+            hook.close()
+        assert silent.accepted <= 4  # one keep-alive connection per thread
+    assert report.delivered == 0 and report.stopped is not None and "timed out" in report.stopped
+    rows = spool.all()
+    assert len(rows) == 100
+    tried = [row for row in rows if row.attempts == 2]
+    # Only what was under way when the first timeout came: at most two per thread.
+    assert 1 <= len(tried) <= 8
