@@ -66,6 +66,7 @@ JOURNAL_SIZE_LIMIT = 4 << 20
 REBUILD_MAX_BYTES = 8 << 20
 # Pages freed per transaction by shrink(): 8 MB with 4 KiB pages.
 VACUUM_STEP_PAGES = 2048
+CHECKPOINT_BUSY_TIMEOUT_MS = 100
 
 
 class SpoolFull(Exception):
@@ -306,7 +307,14 @@ class Spool:
                 # executescript runs it to the end: execute() would step once (one page),
                 # since the statement returns no rows.
                 connection.executescript(f"PRAGMA incremental_vacuum({VACUUM_STEP_PAGES});")
-        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        # A truncating checkpoint holds new writers back while it waits for readers of
+        # older snapshots: wait briefly, so a pixel being spooled meanwhile waits
+        # milliseconds; a checkpoint that gives up is tried again after the next drain.
+        connection.execute(f"PRAGMA busy_timeout = {CHECKPOINT_BUSY_TIMEOUT_MS}")
+        try:
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def all(self) -> list[SpooledEvent]:
         """Every row, oldest first (tests and small spools only)."""

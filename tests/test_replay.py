@@ -7,6 +7,8 @@ load) is in test_spool_scale.py.
 from __future__ import annotations
 
 import json
+import socket
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -24,7 +26,7 @@ from pixel_wsgi.drainer import Drainer
 from pixel_wsgi.replay import Replayer
 from pixel_wsgi.spool import Spool, SpoolFull
 from tests.support.delivery import delivery_config, track_url
-from tests.support.sink import Reply, Sink, sink_fixture
+from tests.support.sink import Reply, SilentServer, Sink, sink_fixture
 
 
 @pytest.fixture
@@ -88,9 +90,11 @@ def test_an_add_past_max_bytes_raises_spool_full_and_stores_nothing(tmp_path):
 
 
 def test_the_app_answers_503_spool_is_full_and_logs_it(tmp_path, caplog):
-    down = Sink().start()
-    down.stop()
-    config = delivery_config(tmp_path, {"hook": {"type": "webhook", "url": down.url, "timeout": 0.2, "retries": 0}})
+    # A port that is bound and not listening: connection refused, and no one else can take it.
+    hold = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    hold.bind(("127.0.0.1", 0))
+    down_url = f"http://127.0.0.1:{hold.getsockname()[1]}"
+    config = delivery_config(tmp_path, {"hook": {"type": "webhook", "url": down_url, "timeout": 0.2, "retries": 0}})
     config["spool"] |= {"max_bytes": 1 << 20, "drain_interval": 0}
     app = PixelApp(config)
     try:
@@ -108,6 +112,7 @@ def test_the_app_answers_503_spool_is_full_and_logs_it(tmp_path, caplog):
         assert {row.message_id for row in app.spool.all()} == accepted
     finally:
         app.close()
+        hold.close()
 
 
 def test_a_drained_spool_shrinks_back_even_with_dead_events_left(spool):
@@ -344,3 +349,40 @@ def test_a_row_that_is_not_json_becomes_dead_and_the_rest_is_sent(spool, sink, k
     assert sorted(sent_message_ids(sink)) == ["m-0", "m-2"]
     (dead,) = spool.all()
     assert (dead.message_id, dead.dead, dead.last_error) == ("m-1", True, "the spooled event is not valid JSON")
+
+
+def test_a_destination_that_never_answers_gets_one_round_of_requests_per_run(spool):
+    """A black hole (accepts, never answers): each run costs one timeout per thread, not one per event."""
+    fill(spool, "hook", 100)
+    with SilentServer() as silent:
+        hook = destination("hook", "webhook", url=silent.url, timeout=0.3)
+        replayer = Replayer({"hook": hook}, spool, concurrency=4)
+        try:
+            report = replayer.replay("hook")
+        finally:
+            replayer.close()
+            hook.close()
+        assert silent.accepted <= 4  # one keep-alive connection per thread
+    assert report.delivered == 0 and report.stopped is not None and "timed out" in report.stopped
+    rows = spool.all()
+    assert len(rows) == 100
+    tried = [row for row in rows if row.attempts == 2]
+    # Only what was under way when the first timeout came: at most two per thread.
+    assert 1 <= len(tried) <= 8
+
+
+def test_shrink_gives_up_on_a_reader_and_truncates_the_next_time(spool):
+    """`spool list` (or any reader) in the middle of a read: the drain does not wait for it."""
+    fill(spool, "hook", 2000, padding=1000)
+    reader = sqlite3.connect(spool.path, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM spool").fetchone()  # holds its snapshot
+        spool._connection().execute("DELETE FROM spool")
+        spool.shrink()  # no error, no five-second wait: the log stays for now
+        assert spool.size()[1] > 0
+        reader.execute("COMMIT")
+    finally:
+        reader.close()
+    spool.shrink()
+    assert spool.size() == (spool.size()[0], 0) and spool.size()[0] < 100_000

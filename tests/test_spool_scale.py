@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,11 +20,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from pixel_wsgi.spool import Spool
 from tests.support.delivery import delivery_config, spooled_message_ids, track_url
 from tests.support.processes import environment, run_cli, write_toml
 from tests.support.servers import gunicorn, http_get, server_process
 from tests.support.sink import Reply, Sink
+
+pytestmark = pytest.mark.slow
 
 # The request path spools an event that found its destination down as due again in a
 # minute (a circuit-open one after the breaker's cooldown): the drainer honours that.
@@ -69,6 +74,27 @@ def hook_config(tmp_path: Path, sink: Sink, **spool: Any) -> dict[str, Any]:
     return config
 
 
+class DownSink:
+    """A destination that is down: its port refuses connections until ``come_back()``.
+
+    The port stays bound (not listening, without SO_REUSEADDR) while it is down, so no
+    other process on the machine can take it meanwhile and answer in the sink's place.
+    """
+
+    def __init__(self) -> None:
+        self._hold = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._hold.bind(("127.0.0.1", 0))
+        self.sink = Sink(self._hold.getsockname()[1])
+
+    def come_back(self) -> Sink:
+        self._hold.close()
+        return self.sink.start()
+
+    def close(self) -> None:
+        self._hold.close()
+        self.sink.stop()
+
+
 def wait_until(condition: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -78,8 +104,8 @@ def wait_until(condition: Any, timeout: float, what: str) -> None:
 
 
 def test_gunicorn_drains_the_spool_after_an_outage_with_no_command_run(tmp_path):
-    sink = Sink().start()
-    sink.stop()  # the destination is down: connection refused
+    down = DownSink()  # connection refused
+    sink = down.sink
     config = hook_config(tmp_path, sink, drain_interval=0.5)
     spool_path = Path(config["spool"]["path"])
     config_path = write_toml(tmp_path / "pixel.toml", config)
@@ -89,10 +115,10 @@ def test_gunicorn_drains_the_spool_after_an_outage_with_no_command_run(tmp_path)
     with gunicorn("pixel_wsgi:create_app()", output=tmp_path / "gunicorn.log", env=env, workers=2, threads=4, args=["--preload"]) as server:
         try:
             answers = send_pixels(server.url, message_ids)
-            assert {status for status, _ in answers.values()} == {200}
+            assert {status for status, _ in answers.values()} == {200}, {body for _, body in answers.values()}
             assert spooled_message_ids(spool_path) == set(message_ids)
             outage_ended = time.monotonic()
-            sink.start()  # back on the same port; nobody runs a command
+            down.come_back()  # on the same port; nobody runs a command
             wait_until(lambda: set(message_ids) <= set(sink.delivered_message_ids()), OUTAGE_DRAIN_TIMEOUT, "every event delivered")
             wait_until(lambda: not spooled_message_ids(spool_path), 10, "the spool empty")
             print(f"\n100 events spooled in an outage reached the sink {time.monotonic() - outage_ended:.1f} s after it came back")
@@ -100,7 +126,7 @@ def test_gunicorn_drains_the_spool_after_an_outage_with_no_command_run(tmp_path)
             assert Counter(sink.delivered_message_ids()) == Counter(message_ids)
             assert "Traceback" not in server.log()
         finally:
-            sink.stop()
+            down.close()
 
 
 def test_two_replays_at_once_one_exits_75_and_no_event_is_sent_twice(tmp_path):
@@ -168,8 +194,8 @@ def test_a_killed_drainer_frees_the_spool_at_once(tmp_path):
 
 
 def test_a_spool_at_its_bound_answers_503_and_loses_nothing_that_got_a_200(tmp_path):
-    sink = Sink().start()
-    sink.stop()
+    down = DownSink()
+    sink = down.sink
     config = hook_config(tmp_path, sink, max_bytes=1 << 20, drain_interval=0)
     spool_path = Path(config["spool"]["path"])
     config_path = write_toml(tmp_path / "pixel.toml", config)
@@ -189,7 +215,7 @@ def test_a_spool_at_its_bound_answers_503_and_loses_nothing_that_got_a_200(tmp_p
             listed = run_cli("spool", "list", "--config", str(config_path))
             assert "of 1.0 MiB" in listed.stdout, listed.stdout
 
-            sink.start()
+            down.come_back()
             replayed = run_cli("spool", "replay", "--config", str(config_path))
             assert replayed.returncode == 0, replayed.stderr
             assert set(sink.delivered_message_ids()) == accepted
@@ -197,14 +223,14 @@ def test_a_spool_at_its_bound_answers_503_and_loses_nothing_that_got_a_200(tmp_p
             # Room again: the server takes events straight away.
             assert http_get(server.url + track_url("after"))[0] == 200
     finally:
-        sink.stop()
+        down.close()
     print(f"\n{statuses[200]} events accepted up to the 1 MiB bound, {statuses[503]} answered 503 spool is full")
 
 
 def test_a_file_size_limit_below_max_bytes_answers_503_and_loses_nothing(tmp_path):
     """An operator's ulimit -f (or a nearly full disk) reached before ``max_bytes``: still a 503, never a 200 unstored."""
-    sink = Sink().start()
-    sink.stop()
+    down = DownSink()
+    sink = down.sink
     config = hook_config(tmp_path, sink, drain_interval=0)
     spool_path = Path(config["spool"]["path"])
     config_path = write_toml(tmp_path / "pixel.toml", config)
@@ -223,16 +249,19 @@ def test_a_file_size_limit_below_max_bytes_answers_503_and_loses_nothing(tmp_pat
         return match.group(1) if match and log.count("Booting worker") >= 2 else None
 
     message_ids = [f"big-{number}" for number in range(600)]
-    with server_process(command, output=tmp_path / "gunicorn.log", env=env, ready=ready) as server:
-        answers = send_pixels(server.url, message_ids, **{"properties.padding": "x" * 8000})
-        statuses = Counter(status for status, _ in answers.values())
-        assert set(statuses) == {200, 503}, statuses
-        accepted = {message_id for message_id, (status, _) in answers.items() if status == 200}
-        assert spooled_message_ids(spool_path) == accepted
-        assert all(body == b"spool is full" for status, body in answers.values() if status == 503)
-        # The cause once per worker, then one line per refused event, and no traceback.
-        assert "is not writable (disk I/O error" in server.log()
-        assert "Traceback" not in server.log()
+    try:
+        with server_process(command, output=tmp_path / "gunicorn.log", env=env, ready=ready) as server:
+            answers = send_pixels(server.url, message_ids, **{"properties.padding": "x" * 8000})
+            statuses = Counter(status for status, _ in answers.values())
+            assert set(statuses) == {200, 503}, statuses
+            accepted = {message_id for message_id, (status, _) in answers.items() if status == 200}
+            assert spooled_message_ids(spool_path) == accepted
+            assert all(body == b"spool is full" for status, body in answers.values() if status == 503)
+            # The cause once per worker, then one line per refused event, and no traceback.
+            assert "is not writable (disk I/O error" in server.log()
+            assert "Traceback" not in server.log()
+    finally:
+        down.close()
     print(f"\nunder a {limit >> 20} MiB file size limit: {statuses[200]} accepted, {statuses[503]} answered 503")
 
 
