@@ -40,7 +40,7 @@ SPOOL_RETRY_DELAY = 60.0
 # Seconds after the budget in which the events not delivered are written to the spool
 # (a spool locked by another process is waited for this long at most): what keeps a
 # request within budget + 0.25 s, with time left to answer it.
-SPOOL_GRACE = 0.2
+SPOOL_GRACE = 0.15
 
 
 def backoff(retry: int) -> float:
