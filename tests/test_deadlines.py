@@ -18,6 +18,7 @@ from pixel_wsgi.destinations.http import MAX_RESPONSE_TEXT
 from pixel_wsgi.spool import Spool
 from tests.support.delivery import delivery_config, spooled_message_ids, track_url
 from tests.support.locks import write_lock_held_by_another_process
+from tests.support.servers import http_get, serve_in_thread
 from tests.support.sink import Sink
 from tests.support.trickle import TrickleServer
 
@@ -138,3 +139,21 @@ def test_a_wall_clock_jump_changes_no_deadline(make_app, monkeypatch):
         elapsed = timed_get(client, track_url("m-clock"))
     assert elapsed < BUDGET + GRACE
     assert [row.message_id for row in app.spool.all()] == ["m-clock"]
+
+
+def test_a_lock_held_elsewhere_costs_one_budget_on_a_thread_per_request_server(tmp_path):
+    """Each request thread of werkzeug's threaded server (``pixel-wsgi serve``) opens its
+    own connection: opening one must not wait the busy timeout either."""
+    store = tmp_path / "events.sqlite3"
+    app = PixelApp(delivery_config(tmp_path, {"store": {"type": "sqlite", "path": str(store)}}, budget=BUDGET))
+    try:
+        with serve_in_thread(app) as base:
+            assert http_get(base + track_url("m-before"))[0] == 200
+            with write_lock_held_by_another_process(store):
+                for number in range(3):
+                    started = time.monotonic()
+                    assert http_get(base + track_url(f"m-locked-{number}"))[0] == 200
+                    assert time.monotonic() - started < BUDGET + GRACE
+        assert {row.message_id for row in app.spool.all()} == {"m-locked-0", "m-locked-1", "m-locked-2"}
+    finally:
+        app.close()
