@@ -154,8 +154,7 @@ class Dispatcher:
 
     def dispatch(self, payload: Payload, names: Iterable[str]) -> bool:
         """Deliver to each named destination or spool; ``True`` when the event is safe everywhere."""
-        started = time.monotonic()
-        deadline = started + self.settings.budget
+        deadline = time.monotonic() + self.settings.budget
         names = names if isinstance(names, (tuple, list)) else tuple(names)
         undelivered: list[tuple[str, Outcome]] = []
         for index, name in enumerate(names):

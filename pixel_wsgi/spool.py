@@ -139,10 +139,15 @@ class Spool:
         connection = self._connection()
         if wait is not None:
             wait_for_locks_at_most(connection, wait)
-        connection.execute(
-            INSERT,
-            (destination, message_id, source, body.decode("utf-8"), attempts, error, response, next_attempt_at, int(dead), time.time()),
-        )
+        try:
+            connection.execute(
+                INSERT,
+                (destination, message_id, source, body.decode("utf-8"), attempts, error, response, next_attempt_at, int(dead), time.time()),
+            )
+        finally:
+            if wait is not None:
+                # Other uses of this thread's connection (counts, replay) wait as usual.
+                wait_for_locks_at_most(connection, None)
 
     # -- replay and inspection -----------------------------------------------------
 

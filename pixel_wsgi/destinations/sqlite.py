@@ -76,8 +76,12 @@ class SQLiteDestination(Destination):
 
     def deliver_within(self, payload: Payload, seconds: float | None) -> None:
         # Another process holding the database may hold this request only until its deadline.
-        wait_for_locks_at_most(self._connections.get(), seconds)
-        self.deliver(payload)
+        connection = self._connections.get()
+        wait_for_locks_at_most(connection, seconds)
+        try:
+            self.deliver(payload)
+        finally:
+            wait_for_locks_at_most(connection, None)
 
     def close(self) -> None:
         self._connections.close()
