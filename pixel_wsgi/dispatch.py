@@ -211,7 +211,9 @@ class Dispatcher:
             if attempts > destination.retries or time.monotonic() + delay >= deadline:
                 # Due again when the destination asked, or in a minute: not after one more backoff.
                 return Outcome(attempts, error, error.retry_after if error.retry_after is not None else SPOOL_RETRY_DELAY)
-            logger.debug("delivery to %s: attempt %d failed (%s); retrying in %.3fs", destination.name, attempts, error, delay)
+            logger.debug(
+                "delivery to %s: attempt %d failed (%s); retrying in %.3fs", destination.name, attempts, log_safe(str(error)), delay
+            )
             self.sleep(delay)
 
     def _spool(self, name: str, payload: Payload, outcome: Outcome, deadline: float | None = None) -> bool:
