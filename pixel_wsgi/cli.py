@@ -207,12 +207,20 @@ def configure_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+# werkzeug escapes C0 and C1 controls in its request line, not the Unicode line breaks
+# that a decoded %E2%80%A8 in the path or query becomes: one request, one log line.
+_UNICODE_LINE_BREAKS = str.maketrans({0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
 class MaskingRequestHandler(WSGIRequestHandler):
     """werkzeug's request log line, with each write key cut to its first four characters,
     and without werkzeug's colour codes when stderr is not a terminal (a file or a pipe
     would keep the escape sequences as text)."""
 
     colour = False
+
+    def log(self, type: str, message: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        super().log(type, message, *(arg.translate(_UNICODE_LINE_BREAKS) if isinstance(arg, str) else arg for arg in args))
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         if getattr(self, "path", "").startswith(REQUESTS_PATH):

@@ -41,7 +41,7 @@ SPOOL_RETRY_DELAY = 60.0
 # Seconds after the budget in which the events not delivered are written to the spool
 # (a spool locked by another process is waited for this long at most): what keeps a
 # request within budget + 0.25 s, with time left to answer it.
-SPOOL_GRACE = 0.2
+SPOOL_GRACE = 0.15
 
 
 def backoff(retry: int) -> float:
@@ -147,8 +147,7 @@ class Dispatcher:
 
     def dispatch(self, payload: Payload, names: Iterable[str]) -> bool:
         """Deliver to each named destination or spool; ``True`` when the event is safe everywhere."""
-        started = time.monotonic()
-        deadline = started + self.settings.budget
+        deadline = time.monotonic() + self.settings.budget
         names = names if isinstance(names, (tuple, list)) else tuple(names)
         # (destination, outcome, seconds spent trying), spooled once every destination had its turn
         undelivered: list[tuple[str, Outcome, float]] = []
@@ -219,7 +218,9 @@ class Dispatcher:
             if attempts > destination.retries or time.monotonic() + delay >= deadline:
                 # Due again when the destination asked, or in a minute: not after one more backoff.
                 return Outcome(attempts, error, error.retry_after if error.retry_after is not None else SPOOL_RETRY_DELAY)
-            logger.debug("delivery to %s: attempt %d failed (%s); retrying in %.3fs", destination.name, attempts, error, delay)
+            logger.debug(
+                "delivery to %s: attempt %d failed (%s); retrying in %.3fs", destination.name, attempts, log_safe(str(error)), delay
+            )
             self.sleep(delay)
 
     def _spool(self, name: str, payload: Payload, outcome: Outcome, deadline: float | None = None) -> bool:

@@ -202,6 +202,10 @@ class Spool:
                 # What a file size limit (EFBIG) or some full file systems give: no room either.
                 raise self._full(connection, f"not writable ({exc}: out of disk space, over a file size limit, or failing)") from None
             raise
+        finally:
+            if wait is not None:
+                # Other uses of this thread's connection (counts, replay) wait as usual.
+                wait_for_locks_at_most(connection, None)
         if self._was_full:
             self._was_full = False
             logger.warning("spool %s has room again: events are spooled again", self.path)

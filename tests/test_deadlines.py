@@ -18,6 +18,7 @@ from pixel_wsgi.destinations.http import MAX_RESPONSE_TEXT
 from pixel_wsgi.spool import Spool
 from tests.support.delivery import delivery_config, spooled_message_ids, track_url
 from tests.support.locks import write_lock_held_by_another_process
+from tests.support.servers import http_get, serve_in_thread
 from tests.support.sink import Sink
 from tests.support.trickle import TrickleServer
 
@@ -49,11 +50,12 @@ def timed_get(client: TestApp, url: str, status: int = 200) -> float:
 def test_a_trickling_answer_is_cut_at_the_deadline_and_opens_the_breaker(make_app, tmp_path):
     """Regression: urllib3's read timeout restarts at every byte, so an answer of one byte
     every 2 s held each request ~32 s and the breaker never opened."""
+    # The default budget and timeout: each byte comes well within the 3 s a receive may wait.
     with TrickleServer(interval=2.0) as slow:
         hook = {"type": "webhook", "url": slow.url, "timeout": 5.0, "retries": 3}
-        app, client = make_app({"hook": hook}, breaker_failures=2, breaker_cooldown=60.0)
+        app, client = make_app({"hook": hook}, budget=3.0, breaker_failures=2, breaker_cooldown=60.0)
         for number in range(3):
-            assert timed_get(client, track_url(f"m-trickle-{number}")) < BUDGET + GRACE
+            assert timed_get(client, track_url(f"m-trickle-{number}")) < 3.0 + GRACE
         # Two deliveries cut off by the deadline opened the circuit: the third was not tried.
         assert app.dispatcher.breakers["hook"].is_open
         assert slow.requests == 2
@@ -63,7 +65,8 @@ def test_a_trickling_answer_is_cut_at_the_deadline_and_opens_the_breaker(make_ap
 
 @pytest.mark.parametrize("order", [pytest.param(["slow", "good"], id="slow-first"), pytest.param(["good", "slow"], id="slow-last")])
 def test_a_healthy_destination_beside_a_hanging_one_receives_the_event_directly(make_app, tmp_path, order):
-    with TrickleServer(interval=2.0) as slow, Sink() as good:
+    # A byte every 0.5 s: each receive succeeds within the 1 s budget, the answer never ends.
+    with TrickleServer(interval=0.5) as slow, Sink() as good:
         destinations = {
             "slow": {"type": "webhook", "url": slow.url, "timeout": 5.0},
             "good": {"type": "webhook", "url": good.url, "timeout": 5.0},
@@ -131,8 +134,26 @@ def test_a_wall_clock_jump_changes_no_deadline(make_app, monkeypatch):
     real_time = time.time
     jumps = itertools.cycle([-3600.0, 0.0, 3600.0])
     monkeypatch.setattr(time, "time", lambda: real_time() + next(jumps))
-    with TrickleServer(interval=2.0) as slow:
+    with TrickleServer(interval=0.5) as slow:
         app, client = make_app({"hook": {"type": "webhook", "url": slow.url, "timeout": 5.0}})
         elapsed = timed_get(client, track_url("m-clock"))
     assert elapsed < BUDGET + GRACE
     assert [row.message_id for row in app.spool.all()] == ["m-clock"]
+
+
+def test_a_lock_held_elsewhere_costs_one_budget_on_a_thread_per_request_server(tmp_path):
+    """Each request thread of werkzeug's threaded server (``pixel-wsgi serve``) opens its
+    own connection: opening one must not wait the busy timeout either."""
+    store = tmp_path / "events.sqlite3"
+    app = PixelApp(delivery_config(tmp_path, {"store": {"type": "sqlite", "path": str(store)}}, budget=BUDGET))
+    try:
+        with serve_in_thread(app) as base:
+            assert http_get(base + track_url("m-before"))[0] == 200
+            with write_lock_held_by_another_process(store):
+                for number in range(3):
+                    started = time.monotonic()
+                    assert http_get(base + track_url(f"m-locked-{number}"))[0] == 200
+                    assert time.monotonic() - started < BUDGET + GRACE
+        assert {row.message_id for row in app.spool.all()} == {"m-locked-0", "m-locked-1", "m-locked-2"}
+    finally:
+        app.close()

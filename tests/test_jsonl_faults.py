@@ -149,3 +149,41 @@ def test_a_short_write_is_cut_back_in_process(tmp_path):
         assert message_ids(path) == ["m-1", "m-3"]
     finally:
         destination.close()
+
+
+def test_a_fragment_another_writer_appended_after_is_ended_before_the_next_line(tmp_path):
+    """When a fragment cannot be cut back (another process's line follows it), it is left
+    as one bad line (the other line glued to it cannot be helped) and the next line of
+    this process starts on a line of its own, without an empty line between."""
+    path = tmp_path / "events.jsonl"
+    destination = build_destination("lines", {"type": "jsonl", "path": str(path)})
+    try:
+        destination.deliver(Payload({"messageId": "m-1"}))
+        opened = destination._current()  # the descriptor the next line goes through
+        fragment = b'{"messageId":"m-cut'
+        os.write(opened.fd, fragment)  # what a short write leaves
+        other = os.open(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(other, b'{"messageId":"m-other"}\n')  # another process, meanwhile
+        finally:
+            os.close(other)
+        destination._remove_fragment(opened, len(fragment))
+        destination.deliver(Payload({"messageId": "m-3"}))
+        lines = path.read_text().splitlines()
+        assert lines == ['{"messageId":"m-1"}', '{"messageId":"m-cut{"messageId":"m-other"}', '{"messageId":"m-3"}']
+    finally:
+        destination.close()
+
+
+def test_a_fragment_at_the_end_of_the_file_is_ended_before_the_next_line(tmp_path):
+    path = tmp_path / "events.jsonl"
+    destination = build_destination("lines", {"type": "jsonl", "path": str(path)})
+    try:
+        destination.deliver(Payload({"messageId": "m-1"}))
+        opened = destination._current()
+        os.write(opened.fd, b'{"messageId":"m-cut')
+        opened.needs_newline = True  # as when cutting it back failed
+        destination.deliver(Payload({"messageId": "m-2"}))
+        assert path.read_text().splitlines() == ['{"messageId":"m-1"}', '{"messageId":"m-cut', '{"messageId":"m-2"}']
+    finally:
+        destination.close()

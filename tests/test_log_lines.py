@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -123,3 +124,31 @@ def test_gunicorn_log_level_warning_leaves_rejections_out(tmp_path):
     text = error_log.read_text(encoding="utf-8")
     assert "rejected 400" not in text
     assert re.search(r"\[WARNING\] delivery to down failed", text), text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("escape", ["%E2%80%A8", "%E2%80%A9", "%C2%85", "%0A", "%0D"])
+def test_pixel_wsgi_serve_request_log_stays_one_line(tmp_path, escape):
+    """werkzeug's request log decodes the path and query: a line break in them must not
+    start a line of its own in ``pixel-wsgi serve``'s output."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "pixel_wsgi",
+        "serve",
+        "--port",
+        str(port),
+        "--write-key",
+        "serve-key",
+        "--db",
+        str(tmp_path / "e.sqlite3"),
+    ]
+    with server_process(command, output=tmp_path / "serve.log", env=environment(), port=port, cwd=tmp_path) as server:
+        url = server.url + f"/pixel/v1/track?writeKey=serve-key&anonymousId=a&event=x{escape}FORGED%20line"
+        assert http_get(url)[0] == 200
+        time.sleep(0.2)
+        server.stop()
+    lines = server.log().splitlines()
+    assert not any(line.startswith("FORGED") for line in lines), lines
+    assert any("FORGED" in line and "GET /pixel/v1/track" in line for line in lines), lines

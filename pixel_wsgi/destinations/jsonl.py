@@ -36,7 +36,8 @@ from .base import Destination, Payload
 
 logger = logging.getLogger(__name__)
 
-OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+# Read access only to look at the last byte after a failed write; writes always append.
+OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
 
 
 class _OpenFile:
@@ -50,7 +51,11 @@ class _OpenFile:
 
     def __init__(self, path: str) -> None:
         self.fd, self.pid = -1, os.getpid()  # what __del__ needs if the open fails
-        self.fd = os.open(path, OPEN_FLAGS, PRIVATE_FILE_MODE)
+        try:
+            self.fd = os.open(path, OPEN_FLAGS, PRIVATE_FILE_MODE)
+        except PermissionError:
+            # A file we may append to but not read: writing is all that is needed.
+            self.fd = os.open(path, OPEN_FLAGS & ~os.O_RDWR | os.O_WRONLY, PRIVATE_FILE_MODE)
         status = os.fstat(self.fd)
         self.device, self.inode = status.st_dev, status.st_ino
         # A fragment of a failed write could not be removed: end it before the next line.
@@ -125,7 +130,7 @@ class JSONLinesDestination(Destination):
             raise DeliveryError(f"jsonl {self.path}: {exc.strerror or exc}") from exc
 
     def _append(self, opened: _OpenFile, line: bytes) -> None:
-        if opened.needs_newline:
+        if opened.needs_newline and not self._ends_a_line(opened):
             line = b"\n" + line
         try:
             written = os.write(opened.fd, line)
@@ -137,6 +142,15 @@ class JSONLinesDestination(Destination):
             return
         self._remove_fragment(opened, written)
         raise DeliveryError(f"jsonl {self.path}: short write ({written} of {len(line)} bytes): disk full or file size limit")
+
+    @staticmethod
+    def _ends_a_line(opened: _OpenFile) -> bool:
+        """Whether the file is empty or ends with a newline (another writer may have ended it)."""
+        try:
+            size = os.fstat(opened.fd).st_size
+            return size == 0 or os.pread(opened.fd, 1, size - 1) == b"\n"
+        except OSError:  # opened write-only: end the fragment to be safe
+            return False
 
     @staticmethod
     def _remove_fragment(opened: _OpenFile, written: int) -> None:
