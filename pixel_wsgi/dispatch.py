@@ -36,8 +36,11 @@ logger = logging.getLogger(__name__)
 # so that the workers that failed together do not retry together), up to BACKOFF_MAX.
 BACKOFF_BASE = 0.05
 BACKOFF_MAX = 2.0
-# When a spooled event is due again if the destination did not say (Retry-After).
-SPOOL_RETRY_DELAY = 60.0
+# When an event spooled by a pixel request is due again if the destination did not say
+# (Retry-After): soon, so that the background drainer's next pass after the destination
+# comes back sends it. A destination still down costs one failed try per pass (the
+# pass stops at the first failure), and the circuit breaker spaces those too.
+SPOOL_RETRY_DELAY = 10.0
 # Seconds after the budget in which the events not delivered are written to the spool
 # (a spool locked by another process is waited for this long at most): what keeps a
 # request within budget + 0.25 s, with time left to answer it.

@@ -19,6 +19,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 import weakref
 from typing import Any, Callable, Generic, TypeVar
 
@@ -102,19 +103,23 @@ def create_private(path: str) -> None:
     os.close(fd)
 
 
-def open_wal_database(path: str, schema: str) -> sqlite3.Connection:
+def open_wal_database(path: str, schema: str, *, incremental_vacuum: bool = False) -> sqlite3.Connection:
     """A connection in autocommit, WAL mode, with a busy timeout, and ``schema`` applied.
 
     WAL lets readers run beside one writer and the busy timeout makes writers from
     several worker processes wait for each other instead of failing. A new database
-    file is created 0600.
+    file is created 0600. ``incremental_vacuum`` makes a new file one whose freed pages
+    can be given back (``PRAGMA incremental_vacuum``): SQLite takes that setting only
+    before the switch to WAL, on a file without tables.
     """
     if path != ":memory:" and not path.startswith("file:"):
         create_private(path)
     connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
     try:
         connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        connection.execute("PRAGMA journal_mode = WAL")
+        if incremental_vacuum:
+            connection.execute("PRAGMA auto_vacuum = INCREMENTAL")  # a no-op on a file with tables
+        _use_wal(connection)
         # NORMAL in WAL mode survives a crash of any process; only a power cut can take
         # the last transactions back, and FULL would cost an fsync per event.
         connection.execute("PRAGMA synchronous = NORMAL")
@@ -129,6 +134,31 @@ def open_wal_database(path: str, schema: str) -> sqlite3.Connection:
         connection.close()
         raise
     return connection
+
+
+def _use_wal(connection: sqlite3.Connection) -> None:
+    """Switch a database to WAL mode, waiting for other processes doing the same.
+
+    Two worker processes opening a new file at once both try to switch it; the switch
+    needs an exclusive lock, and SQLite answers "database is locked" at once rather than
+    calling the busy handler (waiting could deadlock two such switches). So it is tried
+    again, with short sleeps, up to the busy timeout; a file already in WAL mode (the
+    other process won) answers at once.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.002
+    while True:
+        try:
+            mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            continue
+        if str(mode).lower() not in ("wal", "memory"):  # an in-memory database has no journal file
+            raise sqlite3.OperationalError(f"cannot use WAL mode (journal_mode is {mode})")
+        return
 
 
 def wait_for_locks_at_most(connection: sqlite3.Connection, seconds: float | None) -> None:

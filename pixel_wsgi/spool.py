@@ -30,9 +30,7 @@ from .resources import BUSY_TIMEOUT_MS, PerThread, open_wal_database, wait_for_l
 
 logger = logging.getLogger(__name__)
 
-# auto_vacuum only takes effect on a file that has no table yet: it comes first.
 SCHEMA = """
-PRAGMA auto_vacuum = INCREMENTAL;
 CREATE TABLE IF NOT EXISTS spool (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     destination TEXT NOT NULL,
@@ -143,7 +141,7 @@ class Spool:
         self._connections = PerThread(self._open, sqlite3.Connection.close)
 
     def _open(self) -> sqlite3.Connection:
-        connection = open_wal_database(self.path, SCHEMA)
+        connection = open_wal_database(self.path, SCHEMA, incremental_vacuum=True)
         try:
             page_size = connection.execute("PRAGMA page_size").fetchone()[0]
             # Both are per connection, not stored in the file: set on every open.
@@ -299,9 +297,9 @@ class Spool:
         """
         connection = self._connection()
         if _pragma(connection, "auto_vacuum") == 0:
-            # SQLite only turns incremental vacuum on for a file without tables, and the
-            # WAL switch comes first: every spool file starts without it. A rebuild turns
-            # it on; it rewrites the live rows under the write lock, so only while they are few.
+            # A spool file made by an older version, without incremental vacuum (new ones
+            # have it from the start). A rebuild turns it on; it rewrites the live rows
+            # under the write lock, so only while they are few.
             page_size, pages, free = (_pragma(connection, name) for name in ("page_size", "page_count", "freelist_count"))
             if free and (pages - free) * page_size <= REBUILD_MAX_BYTES:
                 connection.execute("PRAGMA auto_vacuum = INCREMENTAL")

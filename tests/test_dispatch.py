@@ -10,6 +10,7 @@ import pytest
 from webtest import TestApp
 
 from pixel_wsgi import ConfigError, PixelApp
+from pixel_wsgi.dispatch import SPOOL_RETRY_DELAY
 from pixel_wsgi.spool import Spool
 from tests.support.delivery import WRITE_KEY, delivery_config, track_url
 from tests.support.sink import Reply, SilentServer, Sink, sink_fixture
@@ -66,7 +67,7 @@ def test_retryable_failures_are_retried_then_spooled(sink, make_app, caplog, rep
     (row,) = spooled(app)
     assert (row.destination, row.message_id, row.attempts, row.dead) == ("hook", "m-fail", 2, False)
     assert error in row.last_error
-    assert row.next_attempt_at == pytest.approx(time.time() + 60, abs=10)
+    assert row.next_attempt_at == pytest.approx(time.time() + SPOOL_RETRY_DELAY, abs=2)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "hook" in warnings[0].getMessage() and "m-fail" in warnings[0].getMessage()
