@@ -112,13 +112,17 @@ def open_wal_database(path: str, schema: str, *, incremental_vacuum: bool = Fals
     can be given back (``PRAGMA incremental_vacuum``): SQLite takes that setting only
     before the switch to WAL, on a file without tables.
     """
+    new_file = False
     if path != ":memory:" and not path.startswith("file:"):
         create_private(path)
+        new_file = os.path.getsize(path) == 0
     connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
     try:
         connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        if incremental_vacuum:
-            connection.execute("PRAGMA auto_vacuum = INCREMENTAL")  # a no-op on a file with tables
+        if incremental_vacuum and new_file:
+            # Only on an empty file: on one with tables it does nothing, yet still waits
+            # for another process's lock before the WAL switch makes that unnecessary.
+            connection.execute("PRAGMA auto_vacuum = INCREMENTAL")
         _use_wal(connection)
         # NORMAL in WAL mode survives a crash of any process; only a power cut can take
         # the last transactions back, and FULL would cost an fsync per event.
