@@ -187,10 +187,13 @@ class SpoolSchema(OptionsSchema):
     # `pixel-wsgi spool replay`.
     drain_interval = Number(load_default=30.0, minimum=0)
 
-    @validates_schema(skip_on_field_errors=True)
+    @validates_schema(skip_on_field_errors=False)
     def _usable(self, data: dict[str, Any], **kwargs: Any) -> None:
         # A file that is there must be a spool this version can use: found now, not as
-        # a 503 when the first destination fails.
+        # a 503 when the first destination fails. Checked even when another spool key
+        # is wrong, so that one run reports both.
+        if "path" not in data:
+            return
         problem = spool_file_problem(data["path"])
         if problem:
             raise ValidationError(problem, "path")
@@ -260,9 +263,10 @@ class FetcherSchema(OptionsSchema):
     user_agent = UserAgentPattern(load_default=None)
     networks = Networks(load_default=())
 
-    @validates_schema(skip_on_field_errors=True)
+    @validates_schema(skip_on_field_errors=False)
     def _matches_something(self, data: dict[str, Any], **kwargs: Any) -> None:
-        if data["user_agent"] is None and not data["networks"]:
+        # Run beside the other keys' mistakes; a key that has one is not in ``data``.
+        if "user_agent" in data and "networks" in data and data["user_agent"] is None and not data["networks"]:
             raise ValidationError("needs user_agent, networks or both (it would match every request)")
 
 
@@ -295,9 +299,9 @@ class SourceSchema(OptionsSchema):
     # Hosts a click may redirect to without a signature: "example.com", "*.example.com".
     redirect_hosts = StringList(load_default=(), item=_redirect_host)
 
-    @validates_schema(skip_on_field_errors=True)
+    @validates_schema(skip_on_field_errors=False)
     def _signature_needs_secrets(self, data: dict[str, Any], **kwargs: Any) -> None:
-        if data["require_signature"] and not data["signing_secrets"]:
+        if data.get("require_signature") and "signing_secrets" in data and not data["signing_secrets"]:
             raise ValidationError("needs signing_secrets", "require_signature")
 
 

@@ -154,12 +154,14 @@ class Dispatcher:
         names = names if isinstance(names, (tuple, list)) else tuple(names)
         # (destination, outcome, seconds spent trying), spooled once every destination had its turn
         undelivered: list[tuple[str, Outcome, float]] = []
+        skipped: set[str] = set()
         for index, name in enumerate(names):
             breaker = self.breakers[name]
             if not breaker.allow():
                 # Not a delivery failure (nothing was tried), so no WARNING per event:
                 # the breaker logged once when it opened.
                 undelivered.append((name, Outcome(0, DeliveryError("circuit open: not tried"), breaker.cooldown), 0.0))
+                skipped.add(name)
                 continue
             # Each destination still to go gets an equal share of the time left, so one
             # that hangs cannot take the time of those after it; what a quick one leaves
@@ -180,12 +182,21 @@ class Dispatcher:
                     breaker.failure()
                 else:
                     breaker.success()
-            self._log_failure(name, payload.message_id, outcome)
             undelivered.append((name, outcome, time.monotonic() - now))
         safe = True
         spool_deadline = max(deadline, time.monotonic()) + SPOOL_GRACE if undelivered else 0.0
         for name, outcome, seconds in undelivered:
-            kept = self._spool(name, payload, outcome, spool_deadline)
+            # A skip by an open circuit is no failure of its own (the breaker logged once).
+            tried = name not in skipped
+            try:
+                kept = self._spool(name, payload, outcome, spool_deadline)
+            except SpoolFull:
+                if tried:
+                    self._log_failure(name, payload.message_id, outcome, "not spooled: the spool is full")
+                raise
+            # Logged once the spool has answered: the line says what became of the event.
+            if tried:
+                self._log_failure(name, payload.message_id, outcome, None if kept else "NOT spooled: the spool failed")
             safe = kept and safe
             if self.observer is not None:
                 dead = outcome.error is not None and not outcome.error.retryable
@@ -256,7 +267,9 @@ class Dispatcher:
         return True
 
     @staticmethod
-    def _log_failure(name: str, message_id: str, outcome: Outcome) -> None:
+    def _log_failure(name: str, message_id: str, outcome: Outcome, fate: str | None = None) -> None:
+        """One WARNING per failed delivery, with what became of the event (``fate``; by
+        default what the spool did with it)."""
         error = outcome.error
         assert error is not None
         logger.warning(
@@ -266,7 +279,7 @@ class Dispatcher:
             log_safe(message_id),
             outcome.attempts,
             "" if outcome.attempts == 1 else "s",
-            "spooled" if error.retryable else "spooled as dead",
+            fate or ("spooled" if error.retryable else "spooled as dead"),
         )
 
     def close(self) -> None:

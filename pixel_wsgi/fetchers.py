@@ -58,6 +58,9 @@ MAX_USER_AGENT_LENGTH = 512
 MAIL_CLIENT_PATTERNS = frozenset(
     {
         r"Microsoft Outlook",
+        # Outlook for Windows renders images as "Microsoft Office/16.0 (...; Microsoft
+        # Outlook 16.0...)"; Office's own link probes are caught by OFFICE_LINK_PROBE.
+        r"Microsoft Office",
         r"MacOutlook\/",
         r"Outlook-Express",
         r"Outlook-iOS",
@@ -67,6 +70,11 @@ MAIL_CLIENT_PATTERNS = frozenset(
         r"via ggpht\.com GoogleImageProxy",
     }
 )
+
+
+# What crawlerdetect's "Microsoft Office" pattern was right about: Word and Excel
+# checking a link before opening it. Kept as a bot pattern of our own.
+OFFICE_LINK_PROBE = r"Microsoft Office (?:Existence|Protocol) Discovery"
 
 
 @dataclass(frozen=True)
@@ -141,6 +149,7 @@ def _lower_pattern(pattern: str) -> str:
 def _bot_user_agent() -> Tuple[re.Pattern[str], re.Pattern[str]]:
     """crawlerdetect's database as two compiled expressions for lower-cased user agents."""
     crawlers = [_OPTIONAL_PREFIX.sub("", pattern) for pattern in CRAWLER_PATTERNS if pattern not in MAIL_CLIENT_PATTERNS]
+    crawlers.append(OFFICE_LINK_PROBE)
     return (
         re.compile("|".join(_lower_pattern(pattern) for pattern in EXCLUSION_PATTERNS)),
         re.compile("|".join(_lower_pattern(pattern) for pattern in crawlers)),

@@ -31,9 +31,11 @@ MAX_MESSAGE_ID_LENGTH = 128
 # "12345678901234567890" stays a string even with infer_types.
 MAX_SAFE_INTEGER = 2**53
 
-_INTEGER = re.compile(r"[+-]?\d+\Z")
-_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z")
-_JSON_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?\Z")
+# ASCII digits only: \d alone also matches "１" (fullwidth) and "٣" (Arabic-Indic),
+# which int() and float() would then read as numbers.
+_INTEGER = re.compile(r"[+-]?\d+\Z", re.ASCII)
+_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z", re.ASCII)
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?\Z", re.ASCII)
 _PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+\Z")
 _ISO_8601 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?"

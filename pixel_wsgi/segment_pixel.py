@@ -34,6 +34,9 @@ _UNSAFE_NAME = re.compile(r"[.\[\]\x00-\x1f\x7f]")
 _BASE64_ALPHABET = re.compile(r"[A-Za-z0-9+/\-_]*={0,2}\Z")
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def decode_data(text: str) -> Any:
     """Standard or URL-safe base64 (padding optional) of UTF-8 JSON; a 400 ``data: ...`` otherwise."""
     # A '+' of standard base64 arrives as a space when the URL was not percent-encoded.
@@ -73,8 +76,10 @@ def expand_data(grouped: Dict[str, List[str]], limits: Limits) -> Dict[str, List
         if name in expanded:
             raise bad_parameter(f"data: {name} is given both inside data and as a parameter")
         expanded[name] = extra
-    if len(expanded) > limits.max_params:
-        raise bad_parameter(f"too many parameters: {len(expanded)}, the limit is {limits.max_params}")
+    # Counted as the query form counts them: one per value (an array of 10,000 is 10,000).
+    count = sum(len(values) for values in expanded.values())
+    if count > limits.max_params:
+        raise bad_parameter(f"too many parameters: {count}, the limit is {limits.max_params}")
     return expanded
 
 
@@ -83,6 +88,7 @@ def _flatten(path: str, value: Any, out: Dict[str, List[str]], limits: Limits, d
         raise bad_parameter(f"data: nested deeper than the limit of {limits.max_depth} at {path}")
     if isinstance(value, dict):
         for name, item in value.items():
+            _text(name, path)
             if not name or name.isdigit() or _UNSAFE_NAME.search(name):
                 raise bad_parameter(f"data: name {name!r} at {path or 'the top'} cannot be a parameter name")
             key = f"{path}.{name}" if path else name
@@ -103,10 +109,18 @@ def _flatten(path: str, value: Any, out: Dict[str, List[str]], limits: Limits, d
         out[path] = [_scalar(value, path)]
 
 
+def _text(value: str, path: str) -> str:
+    """JSON may hold lone UTF-16 surrogates (``"\\ud800"``); a query string cannot, and
+    no destination can encode them: refused here rather than failing every delivery."""
+    if _SURROGATE.search(value):
+        raise bad_parameter(f"data: {path or 'a name'} holds a lone UTF-16 surrogate, which is not text")
+    return value
+
+
 def _scalar(value: Any, path: str) -> str:
     """A JSON scalar as the text a query string would carry."""
     if isinstance(value, str):
-        return value
+        return _text(value, path)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):

@@ -26,6 +26,10 @@ OUTLOOK_DESKTOP = (
     "Mozilla/4.0 (compatible; MSIE 7.0; Windows NT 10.0; WOW64; Trident/7.0; .NET4.0C; .NET4.0E; .NET CLR 2.0.50727; "
     ".NET CLR 3.0.30729; .NET CLR 3.5.30729; Microsoft Outlook 16.0.5095; Microsoft Outlook 16.0.5095; ms-office; MSOffice 16)"
 )
+# Outlook for Windows' image fetches (found by a fresh-eyes attack: crawlerdetect's
+# "Microsoft Office" pattern flagged them as a bot).
+OUTLOOK_OFFICE_16 = "Microsoft Office/16.0 (Windows NT 10.0; Microsoft Outlook 16.0.17425; Pro)"
+OUTLOOK_OFFICE_15 = "Microsoft Office/15.0 (Windows NT 6.1; Microsoft Outlook 15.0.5023; Pro)"
 OUTLOOK_MAC = "MacOutlook/16.80.23121017 (Intel Mac OS X 14.2)"
 OUTLOOK_IOS = "Outlook-iOS/709.2189947.prod.iphone (3.24.1)"
 APPLE_MAIL_MAC = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko)"
@@ -41,6 +45,8 @@ CHROME_ANDROID = (
 
 PEOPLE = [
     pytest.param(OUTLOOK_DESKTOP, id="outlook-desktop"),
+    pytest.param(OUTLOOK_OFFICE_16, id="outlook-office-16"),
+    pytest.param(OUTLOOK_OFFICE_15, id="outlook-office-15"),
     pytest.param(OUTLOOK_MAC, id="outlook-mac"),
     pytest.param(OUTLOOK_IOS, id="outlook-ios"),
     pytest.param(APPLE_MAIL_MAC, id="apple-mail-mac"),
@@ -58,6 +64,7 @@ BOTS = [
     pytest.param("Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)", id="bingbot"),
     pytest.param("Mozilla/5.0 (compatible; Barracuda Sentinel (EE))", id="barracuda-mail-scanner"),
     pytest.param("Microsoft Office Existence Discovery", id="office-link-probe"),
+    pytest.param("Microsoft Office Protocol Discovery", id="office-protocol-probe"),
     pytest.param("Mozilla/5.0 (Windows NT 6.1; WOW64) SkypeUriPreview Preview/0.5", id="skype-link-preview"),
     pytest.param("Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)", id="slack-unfurl"),
     pytest.param("LinkChecker/10.2.1 (+https://linkchecker.github.io/linkchecker/)", id="linkchecker"),

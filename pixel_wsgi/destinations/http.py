@@ -53,20 +53,24 @@ MAX_RESPONSE_TEXT = 1000
 # connection is closed instead (a 10 MB answer is never read whole).
 MAX_RESPONSE_BODY = 64 * 1024
 RETRYABLE_STATUSES = frozenset({408, 429})
+# The longest Retry-After honoured, in seconds: an hour.
+MAX_RETRY_AFTER = 3600.0
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header: delta-seconds or an HTTP date."""
+    """Seconds from a ``Retry-After`` header: delta-seconds or an HTTP date, at most
+    ``MAX_RETRY_AFTER`` (a maintenance page asking for a century must not park the
+    spooled events until someone replays them by hand)."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return min(MAX_RETRY_AFTER, max(0.0, when.timestamp() - time.time()))
 
 
 @dataclass(frozen=True)
