@@ -43,8 +43,13 @@ The rules:
   the WAL into the database inside whichever commit crosses its threshold (several
   milliseconds, once every few thousand events: the slowest requests). The store's
   connection turns it off, and every ``CHECKPOINT_EVERY`` commits a background thread
-  of the process (started then) runs a PASSIVE checkpoint on a connection of its own
-  (it blocks no writer or reader, and SQLite releases the GIL while it copies).
+  of the process (started then) checkpoints on a connection of its own: PASSIVE
+  first (it blocks no writer or reader, and SQLite releases the GIL while it copies),
+  then, with commits held back for the last few frames, RESTART, so that the WAL
+  starts again from its beginning and stays a few megabytes.
+- **Worker processes queue for the commit themselves** (``commit_lock.py``): a lock
+  file beside the store, taken around every commit, instead of SQLite's busy handler,
+  which sleeps a millisecond or more each time two processes collide.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from _thread import allocate_lock
 from queue import Empty, SimpleQueue
 from typing import Any, Callable, Sequence
 
+from .commit_lock import CommitLock
 from .resources import BUSY_TIMEOUT_MS, open_wal_database
 
 logger = logging.getLogger(__name__)
@@ -75,6 +81,10 @@ FILE_CHECK_INTERVAL = 1.0
 # Commits between two checkpoints: at one or two WAL frames per commit this stays
 # below SQLite's own default of 1000 frames, so the WAL file stays a few MB.
 CHECKPOINT_EVERY = 250
+# How long the end of a checkpoint waits for the other processes' commit and for
+# readers of old snapshots (``pixel-wsgi events``) before it is left for the next one.
+CHECKPOINT_LOCK_TIMEOUT = 0.5
+CHECKPOINT_BUSY_TIMEOUT_MS = 100
 # Errors that belong to one row, not to the database: retrying the batch row by
 # row then commits every row but the offending one.
 ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError, sqlite3.ProgrammingError)
@@ -132,6 +142,9 @@ class GroupCommitter:
         self.insert_sql = insert_sql
         self.max_batch = max_batch
         self._connect = connect
+        # Taken around every commit, so that this store's worker processes queue for
+        # it themselves instead of in SQLite's busy handler (which sleeps milliseconds).
+        self._process_lock = CommitLock(path)
         # The turn to commit: held for one transaction (and opening the connection).
         # Requests never block on it; they queue their row instead.
         self._commit_lock = threading.Lock()
@@ -222,6 +235,7 @@ class GroupCommitter:
             # One inherited through fork is the parent's: leave its file alone.
             if connection is not None and self._connection_pid == pid:
                 connection.close()
+            self._process_lock.close()
 
     # -- committing ------------------------------------------------------------------
 
@@ -275,16 +289,30 @@ class GroupCommitter:
 
     def _commit_lone_row(self, row: Row, patience: float) -> Exception | None:
         """The caller's own row, in autocommit: one statement, one implicit transaction."""
+        started = time.monotonic()
+        if not self._process_lock.acquire(patience):
+            return GroupCommitTimeout(f"another worker process held the store for {patience:.3f}s")
         try:
-            self._connection_for(patience).execute(self.insert_sql, row)
+            self._connection_for(patience - (time.monotonic() - started)).execute(self.insert_sql, row)
         except Exception as exc:  # sqlite3.Error, OSError: the caller is told
             self._drop_broken_connection()
             return exc
+        finally:
+            self._process_lock.release()
         self._committed()
         return None
 
     def _commit_rows(self, batch: list[_Pending], patience: float) -> Exception | None:
         """One transaction with the rows of ``batch``; the failure, or ``None`` when committed."""
+        started = time.monotonic()
+        if not self._process_lock.acquire(patience):
+            return GroupCommitTimeout(f"another worker process held the store for {patience:.3f}s")
+        try:
+            return self._commit_rows_locked(batch, patience - (time.monotonic() - started))
+        finally:
+            self._process_lock.release()
+
+    def _commit_rows_locked(self, batch: list[_Pending], patience: float) -> Exception | None:
         try:
             connection = self._connection_for(patience)
             # IMMEDIATE takes the write lock up front, so a busy database (another
@@ -345,13 +373,34 @@ class GroupCommitter:
             try:
                 connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
                 try:
-                    # PASSIVE copies what it can without waiting for writers or
-                    # readers; what is left is copied next time.
-                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    self._checkpoint(connection)
                 finally:
                     connection.close()
             except sqlite3.Error as exc:
                 logger.debug("sqlite %s: checkpoint failed (%s); trying again later", self.path, exc)
+
+    def _checkpoint(self, connection: sqlite3.Connection) -> None:
+        """Copy the WAL into the database, then restart the WAL from its beginning.
+
+        PASSIVE copies what it can without holding anyone up. But SQLite restarts the
+        WAL only once a checkpoint has caught up with every frame, and with two worker
+        processes appending all the time a PASSIVE checkpoint never does: the WAL grew
+        by a page per commit, 200 MB per 40,000 events, without end. So the few frames
+        written meanwhile are copied with commits held back: this process's commit
+        turn (its requests queue their rows) and the other processes' commit lock.
+        """
+        connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        connection.execute(f"PRAGMA busy_timeout = {CHECKPOINT_BUSY_TIMEOUT_MS}")
+        with self._commit_lock:
+            if self._process_lock.acquire(CHECKPOINT_LOCK_TIMEOUT):
+                try:
+                    connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                finally:
+                    self._process_lock.release()
+        # Rows queued while the turn was held are committed now, not at the next insert.
+        queue = self._queue if self._queue_pid == os.getpid() else None
+        if queue is not None:
+            self._serve(queue)
 
     def _connection_for(self, patience: float) -> sqlite3.Connection:
         """This process's connection, waiting at most ``patience`` seconds for another's lock.

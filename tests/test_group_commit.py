@@ -443,3 +443,40 @@ def test_under_gunicorn_each_200_is_a_row_readable_right_away(tmp_path: Path) ->
             thread.join(120)
     assert problems == []
     assert len(stored_ids(database)) == 8 * 40
+
+
+APPENDER = """
+import sys
+from pixel_wsgi.destinations.sqlite import INSERT, SCHEMA
+from pixel_wsgi.group_commit import GroupCommitter
+store = GroupCommitter(sys.argv[1], SCHEMA, INSERT)
+row = ("2026-01-01T00:00:00.000Z", "page", "m", "s", "x" * 600)
+for _ in range(int(sys.argv[2])):
+    store.insert(row, 5.0)
+store.close()
+"""
+
+
+def test_two_processes_writing_all_the_time_keep_the_wal_small(tmp_path):
+    """Regression: with two processes always appending, the PASSIVE checkpoints never
+    caught up, so SQLite never restarted the WAL: it grew by a 4 KB page per commit
+    (2 GB after a benchmark afternoon). Two writers of 15,000 rows each now leave a WAL
+    of a few megabytes."""
+    path = tmp_path / "events.sqlite3"
+    writers = [subprocess.Popen([sys.executable, "-c", APPENDER, str(path), "15000"], env=environment()) for _ in range(2)]
+    largest = 0
+    while any(writer.poll() is None for writer in writers):
+        if (tmp_path / "events.sqlite3-wal").exists():
+            largest = max(largest, (tmp_path / "events.sqlite3-wal").stat().st_size)
+        time.sleep(0.05)
+    assert [writer.returncode for writer in writers] == [0, 0]
+    assert read_count(path) == 30_000
+    # Unbounded, 30,000 commits of one page each would be over 120 MB.
+    assert largest < 32 * 1024 * 1024, largest
+
+
+def read_count(path: Path) -> int:
+    with sqlite3.connect(path) as connection:
+        count = connection.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+    connection.close()
+    return int(count)
