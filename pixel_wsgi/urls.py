@@ -137,6 +137,8 @@ def pixel_url(
         context = _mapping(context, "context")
         if "ip" in context:
             raise ValueError("context.ip is the server's to set (from the client address); it cannot be sent")
+        if "pixel" in context:
+            raise ValueError("context.pixel is the server's to set (who fetched the pixel); it cannot be sent")
         screen = context.get("screen")
         if isinstance(screen, Mapping):
             _check_typed(screen, "context.screen", NUMBER_SCREEN_FIELDS, INTEGER_SCREEN_FIELDS)

@@ -27,9 +27,10 @@ structures = st.recursive(
     lambda children: st.lists(children, min_size=1, max_size=4) | st.dictionaries(names, children, min_size=1, max_size=4),
     max_leaves=12,
 )
-# Typed names are numbers by design, and the server owns context.ip and context.screen's sizes.
+# Typed names are numbers by design, and the server owns context.ip, context.pixel
+# (who fetched the pixel) and context.screen's sizes.
 properties = st.dictionaries(names.filter(lambda n: n not in NUMBER_PROPERTIES | INTEGER_PROPERTIES), structures, min_size=1, max_size=5)
-contexts = st.dictionaries(names.filter(lambda n: n not in {"ip", "screen"}), structures, min_size=1, max_size=5)
+contexts = st.dictionaries(names.filter(lambda n: n not in {"ip", "pixel", "screen"}), structures, min_size=1, max_size=5)
 
 
 def flatten(prefix: str, value: Any) -> Iterator[tuple[str, str]]:

@@ -82,7 +82,7 @@ def numbers_equal(sent: float, received: Any) -> bool:
     properties=objects(TYPED_PROPERTIES | frozenset(PAGE_MIRRORED_FIELDS)),
     typed=st.dictionaries(st.sampled_from(sorted(NUMBER_PROPERTIES)), numbers, max_size=2),
     quantity=st.one_of(st.none(), st.integers(0, 10**6)),
-    context=objects(frozenset({"ip", "library", "userAgent", "screen", "page"})),
+    context=objects(frozenset({"ip", "pixel", "library", "userAgent", "screen", "page"})),
     screen=st.fixed_dictionaries({}, optional={"width": st.integers(0, 10**5), "density": numbers}),
 )
 def test_pixel_url_round_trips_through_the_app(
@@ -167,6 +167,7 @@ def test_none_and_empty_containers_are_left_out(client, events):
         pytest.param({"properties": {"price": math.nan}}, "price", id="nan"),
         pytest.param({"properties": {"tags": ["a", None]}}, "list item", id="none-in-list"),
         pytest.param({"context": {"ip": "1.2.3.4"}}, "context.ip", id="context-ip"),
+        pytest.param({"context": {"pixel": {"fetcher": "me"}}}, "context.pixel", id="context-pixel"),
         pytest.param({"writeKey": "other"}, "cannot be set", id="writeKey-in-extra"),
         pytest.param({"integrations": {"All": False}}, "cannot be set", id="integrations"),
         pytest.param({"anonymousId": "x"}, "anonymous_id", id="camel-case-duplicate"),
