@@ -289,28 +289,30 @@ class GroupCommitter:
 
     def _commit_lone_row(self, row: Row, patience: float) -> Exception | None:
         """The caller's own row, in autocommit: one statement, one implicit transaction."""
-        started = time.monotonic()
-        if not self._process_lock.acquire(patience):
-            return GroupCommitTimeout(f"another worker process held the store for {patience:.3f}s")
-        try:
-            self._connection_for(patience - (time.monotonic() - started)).execute(self.insert_sql, row)
-        except Exception as exc:  # sqlite3.Error, OSError: the caller is told
-            self._drop_broken_connection()
-            return exc
-        finally:
-            self._process_lock.release()
-        self._committed()
-        return None
+        return self._under_process_lock(patience, lambda left: self._insert_lone_row(row, left))
 
     def _commit_rows(self, batch: list[_Pending], patience: float) -> Exception | None:
         """One transaction with the rows of ``batch``; the failure, or ``None`` when committed."""
+        return self._under_process_lock(patience, lambda left: self._commit_rows_locked(batch, left))
+
+    def _under_process_lock(self, patience: float, commit: Callable[[float], Exception | None]) -> Exception | None:
+        """``commit(seconds left)`` once the other worker processes' commit lock is ours."""
         started = time.monotonic()
         if not self._process_lock.acquire(patience):
             return GroupCommitTimeout(f"another worker process held the store for {patience:.3f}s")
         try:
-            return self._commit_rows_locked(batch, patience - (time.monotonic() - started))
+            return commit(patience - (time.monotonic() - started))
         finally:
             self._process_lock.release()
+
+    def _insert_lone_row(self, row: Row, patience: float) -> Exception | None:
+        try:
+            self._connection_for(patience).execute(self.insert_sql, row)
+        except Exception as exc:  # sqlite3.Error, OSError: the caller is told
+            self._drop_broken_connection()
+            return exc
+        self._committed()
+        return None
 
     def _commit_rows_locked(self, batch: list[_Pending], patience: float) -> Exception | None:
         try:

@@ -24,7 +24,6 @@ from .dispatch import Dispatcher
 from .event import client_address
 from .fetchers import Fetcher, FetcherClassifier
 from .observer import Observer
-from .spool import SpoolFull
 
 __all__ = ["EventRecorder"]
 
@@ -72,17 +71,15 @@ class EventRecorder:
         claimed = source.dedupe_window > 0 and client_message_id and self._claim(source, scope, message_id)
         if claimed is None:
             return True  # a duplicate within the window: already delivered or spooled
+        safe = False
         try:
-            if self.dispatcher.dispatch(Payload(event, source.name), self.destination_names[source.name]):
-                return True
-        except SpoolFull:
-            # Answered "503 spool is full": the client's retry must not be a duplicate.
-            if claimed:
+            safe = self.dispatcher.dispatch(Payload(event, source.name), self.destination_names[source.name])
+        finally:
+            # Lost, or answered "503 spool is full": the client's retry must not count
+            # as a duplicate.
+            if claimed and not safe:
                 self._release(scope, message_id)
-            raise
-        if claimed:
-            self._release(scope, message_id)
-        return False
+        return safe
 
     def _notify(self, source: SourceConfig, fetcher: Fetcher) -> None:
         if self.observer is None:
