@@ -7,13 +7,11 @@ far longer than a pipe buffer (4 KiB) and with every writer racing the others.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from pixel_wsgi.destinations.sqlite import read_events
-from tests.support.processes import environment
+from tests.support.processes import run_at_once
 
 PROCESSES = 4
 THREADS = 2
@@ -46,23 +44,7 @@ destination.close()
 
 
 def run_writers(kind: str, path: str) -> None:
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", WRITER, kind, path, f"p{worker}", str(THREADS), str(EVENTS)],
-            env=environment(),
-            stderr=subprocess.PIPE,
-        )
-        for worker in range(PROCESSES)
-    ]
-    try:
-        for process in processes:
-            _, stderr = process.communicate(timeout=60)
-            assert process.returncode == 0, stderr.decode()
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    run_at_once(WRITER, [[kind, path, f"p{worker}", str(THREADS), str(EVENTS)] for worker in range(PROCESSES)])
 
 
 def expected_ids() -> set[str]:

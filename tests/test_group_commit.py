@@ -22,7 +22,7 @@ from pixel_wsgi.destinations import DeliveryError, Payload
 from pixel_wsgi.destinations.sqlite import INSERT, SCHEMA, read_events
 from pixel_wsgi.group_commit import CHECKPOINT_EVERY, FILE_CHECK_INTERVAL, GroupCommitError, GroupCommitter, GroupCommitTimeout
 from pixel_wsgi.resources import open_wal_database
-from tests.support.processes import environment
+from tests.support.processes import environment, run_at_once
 
 
 def row(message_id: str, event: str = "{}") -> tuple[str, str, str, str, str]:
@@ -339,19 +339,7 @@ if problems:
 def test_two_processes_of_four_threads(tmp_path: Path) -> None:
     """Two worker processes at once: every delivered event is readable right after, none lost."""
     path = str(tmp_path / "events.sqlite3")
-    processes = [
-        subprocess.Popen([sys.executable, "-c", WRITER, path, f"p{worker}"], env=environment(), stderr=subprocess.PIPE)
-        for worker in range(2)
-    ]
-    try:
-        for process in processes:
-            _, stderr = process.communicate(timeout=120)
-            assert process.returncode == 0, stderr.decode()
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    run_at_once(WRITER, [[path, f"p{worker}"] for worker in range(2)], timeout=120)
     ids = [event["message_id"] for event in read_events(path)]
     assert len(ids) == len(set(ids)) == 2 * 4 * 150
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from .servers import free_port
 
-__all__ = ["environment", "free_port", "run_cli", "toml_value", "write_toml"]
+__all__ = ["environment", "free_port", "run_at_once", "run_cli", "toml_value", "write_toml"]
 
 
 def toml_value(value: Any) -> str:
@@ -61,3 +61,21 @@ def environment() -> dict[str, str]:
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """``pixel-wsgi ARGS`` in a subprocess (as ``python -m pixel_wsgi``), output captured."""
     return subprocess.run([sys.executable, "-m", "pixel_wsgi", *args], capture_output=True, text=True, timeout=timeout, env=environment())
+
+
+def run_at_once(script: str, argument_lists: list[list[str]], timeout: float = 60) -> None:
+    """``python -c script ARGS`` once per argument list, all at the same time; each must
+    exit 0 (its stderr is the failure message). Any left running is killed."""
+    processes = [
+        subprocess.Popen([sys.executable, "-c", script, *arguments], env=environment(), stderr=subprocess.PIPE)
+        for arguments in argument_lists
+    ]
+    try:
+        for process in processes:
+            _, stderr = process.communicate(timeout=timeout)
+            assert process.returncode == 0, stderr.decode()
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
