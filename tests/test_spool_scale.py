@@ -287,11 +287,17 @@ def test_a_worker_killed_mid_drain_hands_the_spool_to_another(tmp_path):
             assert holder is not None
             killed = int(holder.group(1))
             os.kill(killed, signal.SIGKILL)
+            # A drainer starts with the first request its worker serves: traffic goes on,
+            # and the worker that serves it (the other one, or the one gunicorn starts in
+            # place of the killed one) takes the spool over. Without this, all 16 pixels
+            # above could have gone to the killed worker (seen in CI).
+            send_pixels(server.url, [f"after-{number}" for number in range(16)])
             wait_until(lambda: not spooled_message_ids(spool_path), 120, "the spool drained by another worker")
             new_holder = re.search(r"pid (\d+)", lock_path.read_text())
             assert new_holder is not None and int(new_holder.group(1)) != killed
         delivered = Counter(sink.delivered_message_ids())
-        assert set(delivered) == set(message_ids) | {f"live-{number}" for number in range(16)}
+        live = {f"{when}-{number}" for when in ("live", "after") for number in range(16)}
+        assert set(delivered) == set(message_ids) | live
         again = sum(count - 1 for count in delivered.values())
         print(f"\nkill -9 of the draining worker: {again} events sent twice")
         assert again <= 200 + 16  # one page, and the units under way

@@ -102,6 +102,11 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         recorded = Recorded(self.command, self.path, {k: v for k, v in self.headers.items()}, body)
         sink._record(recorded)
+        if len(body) < length:
+            # The client went away mid-request (a worker killed while sending): no
+            # server would take a body shorter than announced, so neither does the sink.
+            self.close_connection = True
+            return
         reply = sink._next_reply()
         if reply.delay:
             time.sleep(reply.delay)
