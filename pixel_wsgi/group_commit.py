@@ -23,8 +23,8 @@ The rules:
   fails for a reason that belongs to one row (a constraint), the rows are retried
   one by one so that only that row's request fails.
 - **A request never waits longer than its ``timeout``**: it then gets
-  ``GroupCommitTimeout``, and SQLite's busy timeout is cut to what the waiting
-  requests have left. A row given up on is left out if its transaction has not
+  ``GroupCommitTimeout``; a commit waiting for another process's write lock tries
+  again only while the requests of its rows still wait. A row given up on is left out if its transaction has not
   inserted it yet; if it has, the row may still be committed (the caller may store
   it twice, which is at-least-once delivery; it is never lost).
 - **No row is stranded**: a request that queues its row then tries to take the turn
@@ -45,11 +45,16 @@ The rules:
   connection turns it off, and every ``CHECKPOINT_EVERY`` commits a background thread
   of the process (started then) checkpoints on a connection of its own: PASSIVE
   first (it blocks no writer or reader, and SQLite releases the GIL while it copies),
-  then, with commits held back for the last few frames, RESTART, so that the WAL
+  then RESTART, which holds new writers back for the last few frames, so that the WAL
   starts again from its beginning and stays a few megabytes.
-- **Worker processes queue for the commit themselves** (``commit_lock.py``): a lock
-  file beside the store, taken around every commit, instead of SQLite's busy handler,
-  which sleeps a millisecond or more each time two processes collide.
+- **Worker processes wait for each other's commit here, not in SQLite**: the store's
+  connection has no busy timeout, so a commit that finds another process's write
+  lock fails at once ("database is locked") and is tried again, at once for a few
+  hundred microseconds (another commit ends within tens of them), then after pauses
+  from 50 µs, until its requests' time is up. SQLite's busy handler would sleep 1, 2,
+  5 ms and more at each collision; a lock file taken around every commit (what this
+  module did before) cost two more system calls per commit, each a chance for another
+  request thread to take the GIL from the committing one.
 """
 
 from __future__ import annotations
@@ -63,7 +68,6 @@ from _thread import allocate_lock
 from queue import Empty, SimpleQueue
 from typing import Any, Callable, Sequence
 
-from .commit_lock import CommitLock
 from .resources import BUSY_TIMEOUT_MS, open_wal_database
 
 logger = logging.getLogger(__name__)
@@ -78,13 +82,25 @@ CLOSE_TIMEOUT = 10.0
 # Seconds between two looks at whether ``path`` is still the file being written
 # (a ``stat``): a store renamed or deleted gets a new file within this time.
 FILE_CHECK_INTERVAL = 1.0
-# Commits between two checkpoints: at one or two WAL frames per commit this stays
-# below SQLite's own default of 1000 frames, so the WAL file stays a few MB.
-CHECKPOINT_EVERY = 250
-# How long the end of a checkpoint waits for the other processes' commit and for
+# Commits between two checkpoints. Each checkpoint costs a connection, two fsyncs and
+# a copy of every page written since the last one (a page rewritten by ten commits is
+# copied once), so rarer checkpoints cost less per event: at 250 commits they took
+# 7 µs of CPU per event, at 1000 about 2. At one or two 4 KB frames per commit the WAL
+# peaks near 6 MB, the size SQLite's own default (1000 frames) allows.
+CHECKPOINT_EVERY = 1000
+# How long the end of a checkpoint waits for the other processes' commits and for
 # readers of old snapshots (``pixel-wsgi events``) before it is left for the next one.
-CHECKPOINT_LOCK_TIMEOUT = 0.5
 CHECKPOINT_BUSY_TIMEOUT_MS = 100
+# A commit that finds the write lock taken tries again at once for this long (another
+# process's commit holds it for tens of microseconds), then after pauses that start at
+# FIRST_PAUSE and double up to LONGEST_PAUSE. A sleep of 50 µs takes 100-200 µs on
+# Linux (timer slack and wake-up), so the first retries do not sleep.
+RETRY_AT_ONCE_FOR = 0.0003
+FIRST_PAUSE = 0.00005
+LONGEST_PAUSE = 0.002
+# SQLite's result code for a lock held by another connection (the low byte of the
+# extended code; "database is locked" in the message on Python < 3.11).
+SQLITE_BUSY = 5
 # Errors that belong to one row, not to the database: retrying the batch row by
 # row then commits every row but the offending one.
 ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError, sqlite3.ProgrammingError)
@@ -142,16 +158,11 @@ class GroupCommitter:
         self.insert_sql = insert_sql
         self.max_batch = max_batch
         self._connect = connect
-        # Taken around every commit, so that this store's worker processes queue for
-        # it themselves instead of in SQLite's busy handler (which sleeps milliseconds).
-        self._process_lock = CommitLock(path)
         # The turn to commit: held for one transaction (and opening the connection).
         # Requests never block on it; they queue their row instead.
         self._commit_lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
         self._connection_pid: int | None = None
-        # The connection's busy timeout now (set per transaction from the waiters' time).
-        self._busy_ms = BUSY_TIMEOUT_MS
         # The file the connection writes to (device, inode), looked at again at most
         # once per FILE_CHECK_INTERVAL.
         self._file_identity: tuple[int, int] | None = None
@@ -235,7 +246,6 @@ class GroupCommitter:
             # One inherited through fork is the parent's: leave its file alone.
             if connection is not None and self._connection_pid == pid:
                 connection.close()
-            self._process_lock.close()
 
     # -- committing ------------------------------------------------------------------
 
@@ -289,55 +299,56 @@ class GroupCommitter:
 
     def _commit_lone_row(self, row: Row, patience: float) -> Exception | None:
         """The caller's own row, in autocommit: one statement, one implicit transaction."""
-        return self._under_process_lock(patience, lambda left: self._insert_lone_row(row, left))
+        return self._until_committed(patience, lambda connection: connection.execute(self.insert_sql, row))
 
     def _commit_rows(self, batch: list[_Pending], patience: float) -> Exception | None:
         """One transaction with the rows of ``batch``; the failure, or ``None`` when committed."""
-        return self._under_process_lock(patience, lambda left: self._commit_rows_locked(batch, left))
+        return self._until_committed(patience, lambda connection: self._insert_rows(connection, batch))
 
-    def _under_process_lock(self, patience: float, commit: Callable[[float], Exception | None]) -> Exception | None:
-        """``commit(seconds left)`` once the other worker processes' commit lock is ours."""
+    def _until_committed(self, patience: float, commit: Callable[[sqlite3.Connection], object]) -> Exception | None:
+        """Run ``commit`` on this process's connection, again while another connection
+        holds the write lock, for at most ``patience`` seconds; the failure, or ``None``."""
         started = time.monotonic()
-        if not self._process_lock.acquire(patience):
-            return GroupCommitTimeout(f"another worker process held the store for {patience:.3f}s")
-        try:
-            return commit(patience - (time.monotonic() - started))
-        finally:
-            self._process_lock.release()
-
-    def _insert_lone_row(self, row: Row, patience: float) -> Exception | None:
-        try:
-            self._connection_for(patience).execute(self.insert_sql, row)
-        except Exception as exc:  # sqlite3.Error, OSError: the caller is told
-            self._drop_broken_connection()
-            return exc
-        self._committed()
-        return None
-
-    def _commit_rows_locked(self, batch: list[_Pending], patience: float) -> Exception | None:
-        try:
-            connection = self._connection_for(patience)
-            # IMMEDIATE takes the write lock up front, so a busy database (another
-            # process committing) is waited for here, under the busy timeout.
-            connection.execute("BEGIN IMMEDIATE")
+        deadline, retry_at_once_until = started + patience, started + RETRY_AT_ONCE_FOR
+        pause = FIRST_PAUSE
+        while True:
             try:
-                # Rows whose request gave up while the lock was awaited are left
-                # out: their request was told they are not stored (and spools them).
-                rows = [pending.row for pending in batch if not pending.cancelled]
-                connection.executemany(self.insert_sql, rows)
-                connection.execute("COMMIT")
-            except BaseException:
-                if connection.in_transaction:
-                    try:
-                        connection.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass  # the failure that brought us here is the one to report
-                raise
-        except Exception as exc:  # sqlite3.Error, OSError: told to every request of the batch
-            self._drop_broken_connection()
-            return exc
-        self._committed()
-        return None
+                commit(self._connection_here())
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    self._drop_broken_connection()
+                    return exc
+                # Another process commits (or checkpoints): nothing of ours was written.
+                now = time.monotonic()
+                if now >= deadline:
+                    return GroupCommitTimeout(f"database is locked: another connection held the write lock for {patience:.3f}s")
+                if now >= retry_at_once_until:
+                    time.sleep(min(pause, deadline - now))
+                    pause = min(pause * 2, LONGEST_PAUSE)
+                continue
+            except Exception as exc:  # sqlite3.Error, OSError: the caller is told
+                self._drop_broken_connection()
+                return exc
+            self._committed()
+            return None
+
+    def _insert_rows(self, connection: sqlite3.Connection, batch: list[_Pending]) -> None:
+        # IMMEDIATE takes the write lock up front: a busy database (another process
+        # committing) fails here, before any row is written, and is tried again.
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            # Rows whose request gave up while the lock was awaited are left
+            # out: their request was told they are not stored (and spools them).
+            rows = [pending.row for pending in batch if not pending.cancelled]
+            connection.executemany(self.insert_sql, rows)
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                try:
+                    connection.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the failure that brought us here is the one to report
+            raise
 
     # -- checkpoints (a thread of their own) ---------------------------------------
 
@@ -388,35 +399,18 @@ class GroupCommitter:
         WAL only once a checkpoint has caught up with every frame, and with two worker
         processes appending all the time a PASSIVE checkpoint never does: the WAL grew
         by a page per commit, 200 MB per 40,000 events, without end. So the few frames
-        written meanwhile are copied with commits held back: this process's commit
-        turn (its requests queue their rows) and the other processes' commit lock.
+        written meanwhile are copied by RESTART, which takes the write lock (the other
+        processes' commits are refused and try again) while this process's requests
+        queue their rows behind its commit turn.
         """
         connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         connection.execute(f"PRAGMA busy_timeout = {CHECKPOINT_BUSY_TIMEOUT_MS}")
         with self._commit_lock:
-            if self._process_lock.acquire(CHECKPOINT_LOCK_TIMEOUT):
-                try:
-                    connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-                finally:
-                    self._process_lock.release()
+            connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
         # Rows queued while the turn was held are committed now, not at the next insert.
         queue = self._queue if self._queue_pid == os.getpid() else None
         if queue is not None:
             self._serve(queue)
-
-    def _connection_for(self, patience: float) -> sqlite3.Connection:
-        """This process's connection, waiting at most ``patience`` seconds for another's lock.
-
-        That bound (SQLite's busy timeout) keeps a request from being held past its budget.
-        """
-        connection = self._connection_here()
-        # Rounded down to 100 ms: the remaining budget differs on every request, and
-        # setting the same value again is a statement per commit for nothing.
-        busy_ms = max(1, min(BUSY_TIMEOUT_MS, int(patience * 10) * 100))
-        if busy_ms != self._busy_ms:
-            connection.execute(f"PRAGMA busy_timeout = {busy_ms}")
-            self._busy_ms = busy_ms
-        return connection
 
     def _drop_broken_connection(self) -> None:
         if self._connection is not None and not self._usable(self._connection):
@@ -440,11 +434,12 @@ class GroupCommitter:
         # A connection inherited through fork must never be used in the child.
         self._connection = connection = self._connect(self.path, self.schema)
         self._connection_pid = pid
-        self._busy_ms = BUSY_TIMEOUT_MS
         self._file_identity = self._identity()
         self._file_checked_at = time.monotonic()
         # Checkpoints are the checkpointer thread's job, never a commit's.
         connection.execute("PRAGMA wal_autocheckpoint = 0")
+        # A locked database answers at once; ``_until_committed`` waits, briefly.
+        connection.execute("PRAGMA busy_timeout = 0")
         return self._connection
 
     def _identity(self) -> tuple[int, int] | None:
@@ -468,3 +463,11 @@ class GroupCommitter:
 
     def __repr__(self) -> str:
         return f"<GroupCommitter {self.path}>"
+
+
+def _is_busy(error: sqlite3.OperationalError) -> bool:
+    """Whether SQLite refused because another connection holds the lock (worth retrying)."""
+    code = getattr(error, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return bool(code & 0xFF == SQLITE_BUSY)
+    return "database is locked" in str(error)

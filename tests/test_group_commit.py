@@ -202,6 +202,32 @@ def test_a_row_that_breaks_a_constraint_fails_alone(committer: GroupCommitter, d
     assert sorted(stored_ids(database)) == sorted(names[1:])
 
 
+def test_a_commit_waits_for_another_writer_itself_and_gets_through(committer: GroupCommitter, database: Path) -> None:
+    """The store's connection has no busy timeout (SQLite's handler sleeps 1, 2, 5 ms and
+    more per collision): a commit refused by another connection's write lock is tried
+    again by the committer and goes through once that lock is released."""
+    committer.insert(row("m-open"), 5.0)
+    assert committer._connection is not None
+    assert committer._connection.execute("PRAGMA busy_timeout").fetchone() == (0,)
+    lock = WriteLock(database)
+    released_at: list[float] = []
+
+    def release() -> None:
+        released_at.append(time.monotonic())
+        lock.release()
+
+    releaser = threading.Timer(0.3, release)
+    releaser.start()
+    try:
+        committer.insert(row("m-after-the-lock"), 5.0)
+        committed_at = time.monotonic()
+    finally:
+        releaser.join(10)
+    # Committed, and only after the other connection let go.
+    assert released_at and released_at[0] <= committed_at
+    assert stored_ids(database) == ["m-open", "m-after-the-lock"]
+
+
 def test_a_request_waits_no_longer_than_its_timeout(committer: GroupCommitter, database: Path) -> None:
     lock = WriteLock(database)
     try:

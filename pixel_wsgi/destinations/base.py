@@ -46,22 +46,35 @@ from ..options import OptionsSchema
 
 __all__ = ["Destination", "DeliveryError", "Payload"]
 
+# Built once: ``json.dumps`` with any option builds a new encoder on every call (a
+# quarter of the cost of encoding an event). Compact, and UTF-8 rather than \u escapes.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
 
 class Payload:
-    """One event on its way out, with its JSON body serialized at most once."""
+    """One event on its way out, with its JSON serialized at most once."""
 
-    __slots__ = ("event", "source", "_body")
+    __slots__ = ("event", "source", "_body", "_text")
 
     def __init__(self, event: Mapping[str, Any], source: str = "", body: bytes | None = None) -> None:
         self.event = event
         #: the name of the configured source the event came in through
         self.source = source
         self._body = body
+        self._text: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The event as compact JSON text (what a database column keeps)."""
+        if self._text is None:
+            self._text = self._body.decode("utf-8") if self._body is not None else _ENCODER.encode(self.event)
+        return self._text
 
     @property
     def body(self) -> bytes:
+        """The event as compact JSON in UTF-8 (what an HTTP request or a file carries)."""
         if self._body is None:
-            self._body = json.dumps(self.event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            self._body = self.text.encode("utf-8")
         return self._body
 
     @property

@@ -100,7 +100,7 @@ class SQLiteDestination(Destination):
     def deliver_within(self, payload: Payload, seconds: float | None) -> None:
         """Return once the event's row is committed; waits at most ``seconds`` for that."""
         event = payload.event
-        row = (event.get("receivedAt", ""), payload.type, payload.message_id, payload.source, payload.body.decode("utf-8"))
+        row = (event.get("receivedAt", ""), payload.type, payload.message_id, payload.source, payload.text)
         try:
             self._writer.insert(row, seconds)
         except GroupCommitError as exc:
