@@ -16,7 +16,7 @@ import re
 from datetime import datetime
 from typing import Any, Mapping
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validates_schema
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, missing, validates_schema
 
 # These names are numbers or integers wherever they appear directly under `properties`
 # or `context.screen` (the ecommerce and screen fields every analytics destination
@@ -117,9 +117,13 @@ class PixelField(fields.Field):  # type: ignore[type-arg]  # generic only in mar
 
 
 class SingleString(PixelField):
-    """One string value; an empty one becomes ``empty`` (``None`` leaves the field out)."""
+    """One string value; an empty one becomes ``empty`` (by default the field is left out).
 
-    def __init__(self, *, empty: Any = None, **kwargs: Any) -> None:
+    A field left out returns marshmallow's ``missing``, which ``load`` does not store:
+    cheaper than storing ``None`` and dropping it afterwards in a ``post_load``.
+    """
+
+    def __init__(self, *, empty: Any = missing, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.empty = empty
 
@@ -135,14 +139,24 @@ class AnonymousIdField(SingleString):
         text = _single(value)
         if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
             text = text[1:-1]
-        return text or None
+        return text or missing
+
+
+class EventNameField(PixelField):
+    """A track event's name: required, and an empty ``event=`` is no name either."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
+        text = _single(value)
+        if not text:
+            raise ValidationError("required, must not be empty")
+        return text
 
 
 class MessageIdField(PixelField):
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
         text = _single(value)
         if not text:
-            return None
+            return missing
         if len(text) > MAX_MESSAGE_ID_LENGTH or not _PRINTABLE_ASCII.match(text):
             raise ValidationError(f"must be 1 to {MAX_MESSAGE_ID_LENGTH} printable ASCII characters")
         return text
@@ -154,7 +168,7 @@ class TimestampField(PixelField):
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
         text = _single(value)
         if not text:
-            return None
+            return missing
         match = _ISO_8601.match(text)
         if match:
             year, month, day, hour, minute, second, _, tz_hour, tz_minute = match.groups()
@@ -252,10 +266,6 @@ class EventSchema(Schema):
         if not data.get("anonymousId") and not data.get("userId"):
             raise ValidationError("anonymousId or userId is required (at least one, not empty)")
 
-    @post_load
-    def _leave_out_empty(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        return {key: value for key, value in data.items() if value is not None}
-
 
 class PageSchema(EventSchema):
     # `name=` present but empty names the page "Unknown Page", as RudderStack's pixel does.
@@ -264,13 +274,8 @@ class PageSchema(EventSchema):
 
 
 class TrackSchema(EventSchema):
-    event = SingleString(required=True, error_messages={"required": "required"})
+    event = EventNameField(required=True, error_messages={"required": "required"})
     name = SingleString()
-
-    @validates_schema
-    def _require_event_name(self, data: Mapping[str, Any], **kwargs: Any) -> None:
-        if "event" in data and not data["event"]:
-            raise ValidationError("required, must not be empty", field_name="event")
 
 
 PAGE_FIELDS = frozenset(PageSchema._declared_fields) - {"context_field"} | {"context", "properties"}
