@@ -39,6 +39,23 @@ def closing():
         destination.close()
 
 
+@pytest.mark.parametrize(
+    "event",
+    [
+        pytest.param({"type": "track", "event": "Opened", "properties": {"note": "é\n\u2028\"\\", "revenue": 19.99, "quantity": 2}}, id="text-and-numbers"),
+        pytest.param({"type": "page", "context": {"screen": {"width": 1920}, "list": [1, 2.5, None, True, {"a": []}]}}, id="nested"),
+        pytest.param({"type": "track", "properties": {"revenue": 123456789012345678901234567890}}, id="integer-over-64-bits"),
+    ],
+)
+def test_the_body_is_compact_utf8_json_whatever_the_event_holds(event):
+    """The same bytes as the standard library's compact, non-ASCII form; an integer too
+    large for the fast encoder still comes out whole."""
+    body = Payload(event, "web").body
+    assert body == json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    assert json.loads(body) == event
+    assert Payload(event, "web").text == body.decode("utf-8")
+
+
 def test_webhook_posts_json_with_user_agent_and_headers(sink, closing):
     destination = build("webhook", url=sink.url + "/hook", headers={"X-Team": "growth"})
     closing.append(destination)
