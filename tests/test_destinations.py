@@ -42,7 +42,10 @@ def closing():
 @pytest.mark.parametrize(
     "event",
     [
-        pytest.param({"type": "track", "event": "Opened", "properties": {"note": "é\n\u2028\"\\", "revenue": 19.99, "quantity": 2}}, id="text-and-numbers"),
+        pytest.param(
+            {"type": "track", "event": "Opened", "properties": {"note": 'é\n\u2028"\\', "revenue": 19.99, "quantity": 2}},
+            id="text-and-numbers",
+        ),
         pytest.param({"type": "page", "context": {"screen": {"width": 1920}, "list": [1, 2.5, None, True, {"a": []}]}}, id="nested"),
         pytest.param({"type": "track", "properties": {"revenue": 123456789012345678901234567890}}, id="integer-over-64-bits"),
     ],
