@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Tuple
 from urllib.parse import unquote
 
 from marshmallow import ValidationError
@@ -53,6 +54,10 @@ SEGMENT_ENDPOINTS = {"segment-page": "page", "segment-track": "track"}
 # Parameters the server owns: never copied from the query, whatever unknown_params says.
 SERVER_OWNED_PARAMETERS = frozenset({"writeKey", "type", "receivedAt", "integrations"}) | SIGNATURE_PARAMETERS
 CLICK_EVENT = "Link Clicked"
+# Key lists remembered by sort_parameters: a pixel template sends the same parameters on
+# every request, so a few entries serve nearly all traffic; the bound caps the memory
+# when clients vary.
+MAX_CACHED_KEY_LISTS = 256
 
 Handler = Callable[["WSGIEnvironment", "StartResponse"], Iterable[bytes]]
 
@@ -267,15 +272,9 @@ class PixelApp:
     def _build_event(
         self, event_type: str, grouped: Dict[str, List[str]], source: SourceConfig, environ: WSGIEnvironment
     ) -> dict[str, Any]:
-        known_fields = self.schemas.fields[event_type]
-        selected: Dict[str, List[str]] = {}
-        unknown: Dict[str, List[str]] = {}
-        for key, values in grouped.items():
-            name = top_level_name(key)
-            if name in known_fields:
-                selected[key] = values
-            elif name not in SERVER_OWNED_PARAMETERS:
-                unknown[key] = values
+        known_keys, unknown_keys = sort_parameters(tuple(grouped), self.schemas.fields[event_type])
+        selected = {key: grouped[key] for key in known_keys}
+        unknown = {key: grouped[key] for key in unknown_keys}
         extra = None
         if unknown:
             if source.unknown_params == "reject":
@@ -387,6 +386,20 @@ class PixelApp:
     def __repr__(self) -> str:
         keys = ", ".join(mask_write_key(source.write_key) for source in self.config.sources)
         return f"<PixelApp {self.config.prefix or '/'} sources=[{keys}]>"
+
+
+@lru_cache(maxsize=MAX_CACHED_KEY_LISTS)
+def sort_parameters(keys: Tuple[str, ...], known_fields: frozenset[str]) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """The query's keys that belong to the event's fields, and the unknown ones, in query
+    order (the server's own, such as ``writeKey``, in neither); one lookup per request."""
+    known, unknown = [], []
+    for key in keys:
+        name = top_level_name(key)
+        if name in known_fields:
+            known.append(key)
+        elif name not in SERVER_OWNED_PARAMETERS:
+            unknown.append(key)
+    return tuple(known), tuple(unknown)
 
 
 def create_app(config: Config | Mapping[str, Any] | str | os.PathLike[str] | None = None) -> PixelApp:

@@ -88,9 +88,10 @@ FILE_CHECK_INTERVAL = 1.0
 # 7 µs of CPU per event, at 1000 about 2. At one or two 4 KB frames per commit the WAL
 # peaks near 6 MB, the size SQLite's own default (1000 frames) allows.
 CHECKPOINT_EVERY = 1000
-# How long the end of a checkpoint waits for the other processes' commits and for
-# readers of old snapshots (``pixel-wsgi events``) before it is left for the next one.
-CHECKPOINT_BUSY_TIMEOUT_MS = 100
+# How long the end of a checkpoint tries to get between the other processes' commits
+# and past readers of old snapshots (``pixel-wsgi events``) before it is left for the
+# next one.
+CHECKPOINT_LOCK_TIMEOUT = 0.5
 # A commit that finds the write lock taken tries again at once for this long (another
 # process's commit holds it for tens of microseconds), then after pauses that start at
 # FIRST_PAUSE and double up to LONGEST_PAUSE. A sleep of 50 µs takes 100-200 µs on
@@ -308,9 +309,7 @@ class GroupCommitter:
     def _until_committed(self, patience: float, commit: Callable[[sqlite3.Connection], object]) -> Exception | None:
         """Run ``commit`` on this process's connection, again while another connection
         holds the write lock, for at most ``patience`` seconds; the failure, or ``None``."""
-        started = time.monotonic()
-        deadline, retry_at_once_until = started + patience, started + RETRY_AT_ONCE_FOR
-        pause = FIRST_PAUSE
+        retries = _Retries(patience)
         while True:
             try:
                 commit(self._connection_here())
@@ -319,12 +318,8 @@ class GroupCommitter:
                     self._drop_broken_connection()
                     return exc
                 # Another process commits (or checkpoints): nothing of ours was written.
-                now = time.monotonic()
-                if now >= deadline:
+                if not retries.wait():
                     return GroupCommitTimeout(f"database is locked: another connection held the write lock for {patience:.3f}s")
-                if now >= retry_at_once_until:
-                    time.sleep(min(pause, deadline - now))
-                    pause = min(pause * 2, LONGEST_PAUSE)
                 continue
             except Exception as exc:  # sqlite3.Error, OSError: the caller is told
                 self._drop_broken_connection()
@@ -401,12 +396,17 @@ class GroupCommitter:
         by a page per commit, 200 MB per 40,000 events, without end. So the few frames
         written meanwhile are copied by RESTART, which takes the write lock (the other
         processes' commits are refused and try again) while this process's requests
-        queue their rows behind its commit turn.
+        queue their rows behind its commit turn. RESTART is tried like a commit, again
+        and again between the other processes' commits: SQLite's busy handler tries a
+        few times in 100 ms and lost every time to writers committing back to back (the
+        WAL then grew past 40 MB).
         """
         connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        connection.execute(f"PRAGMA busy_timeout = {CHECKPOINT_BUSY_TIMEOUT_MS}")
+        connection.execute("PRAGMA busy_timeout = 0")
+        retries = _Retries(CHECKPOINT_LOCK_TIMEOUT)
         with self._commit_lock:
-            connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            while connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0] and retries.wait():
+                pass  # busy: a writer or a reader of an older snapshot was in the way
         # Rows queued while the turn was held are committed now, not at the next insert.
         queue = self._queue if self._queue_pid == os.getpid() else None
         if queue is not None:
@@ -463,6 +463,29 @@ class GroupCommitter:
 
     def __repr__(self) -> str:
         return f"<GroupCommitter {self.path}>"
+
+
+class _Retries:
+    """The waits between tries of a lock another connection holds, for ``seconds`` in all:
+    none for RETRY_AT_ONCE_FOR, then pauses from FIRST_PAUSE doubling up to LONGEST_PAUSE."""
+
+    __slots__ = ("deadline", "at_once_until", "pause")
+
+    def __init__(self, seconds: float) -> None:
+        now = time.monotonic()
+        self.deadline = now + seconds
+        self.at_once_until = now + RETRY_AT_ONCE_FOR
+        self.pause = FIRST_PAUSE
+
+    def wait(self) -> bool:
+        """Wait before the next try; ``False`` (at once) when the time is up."""
+        now = time.monotonic()
+        if now >= self.deadline:
+            return False
+        if now >= self.at_once_until:
+            time.sleep(min(self.pause, self.deadline - now))
+            self.pause = min(self.pause * 2, LONGEST_PAUSE)
+        return True
 
 
 def _is_busy(error: sqlite3.OperationalError) -> bool:

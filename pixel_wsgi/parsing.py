@@ -117,7 +117,7 @@ def parse_key(key: str, max_depth: int, max_index: int) -> Path:
         bracket = part.find("[")
         name = part if bracket == -1 else part[:bracket]
         if name:
-            segments.append(_index(name, key, max_index) if name.isdigit() else name)
+            segments.append(_index(name, key, max_index) if is_array_index(name) else name)
         elif bracket == -1 or not segments:
             raise bad_parameter(f"{key}: empty segment in the parameter name")
         if bracket != -1:
@@ -130,7 +130,7 @@ def parse_key(key: str, max_depth: int, max_index: int) -> Path:
                 inner = match.group(1)
                 if inner == "":
                     segments.append(APPEND)
-                elif inner.isdigit():
+                elif is_array_index(inner):
                     segments.append(_index(inner, key, max_index))
                 else:  # a name: the key was split on dots first, so it holds none
                     segments.append(inner)
@@ -142,6 +142,12 @@ def parse_key(key: str, max_depth: int, max_index: int) -> Path:
     if depth > max_depth:
         raise bad_parameter(f"{key}: nested deeper than the limit of {max_depth} levels")
     return tuple(segments)
+
+
+def is_array_index(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` is also true of "²" (which ``int`` refuses: a
+    500) and of "１" (fullwidth, which it reads as 1): those are names, like any letter."""
+    return text.isascii() and text.isdigit()
 
 
 def _index(text: str, key: str, max_index: int) -> int:
@@ -179,13 +185,19 @@ def _nest_plan(key: str, max_depth: int, max_index: int) -> Tuple[Tuple[_Step, .
     return steps, path[-1], path, append
 
 
+@lru_cache(maxsize=256)
+def _nest_plans(keys: Tuple[str, ...], max_depth: int, max_index: int) -> Tuple[Tuple[Tuple[_Step, ...], Segment, Path, bool], ...]:
+    """The plans of a whole list of keys: a pixel template sends the same keys in the same
+    order on every request, so one lookup stands for one per key."""
+    return tuple(_nest_plan(key, max_depth, max_index) for key in keys)
+
+
 def nest(grouped: Dict[str, List[str]], limits: Limits) -> Dict[str, Any]:
     """Build the nested structure; every key must already have passed ``split_query``."""
     root: Dict[str, Any] = {}
     arrays: List[Tuple[Any, Segment, _Indexed, Path]] = []
-    max_depth, max_index = limits.max_depth, limits.max_array_index
-    for key, values in grouped.items():
-        steps, last, path, append = _nest_plan(key, max_depth, max_index)
+    plans = _nest_plans(tuple(grouped), limits.max_depth, limits.max_array_index)
+    for (key, values), (steps, last, path, append) in zip(grouped.items(), plans):
         if append:
             value: Any = list(values)
         else:

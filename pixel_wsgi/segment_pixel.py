@@ -25,6 +25,7 @@ from typing import Any, Dict, List
 
 from .config import Limits
 from .errors import bad_parameter
+from .parsing import is_array_index
 
 __all__ = ["DATA", "expand_data"]
 
@@ -89,7 +90,7 @@ def _flatten(path: str, value: Any, out: Dict[str, List[str]], limits: Limits, d
     if isinstance(value, dict):
         for name, item in value.items():
             _text(name, path)
-            if not name or name.isdigit() or _UNSAFE_NAME.search(name):
+            if not name or is_array_index(name) or _UNSAFE_NAME.search(name):
                 raise bad_parameter(f"data: name {name!r} at {path or 'the top'} cannot be a parameter name")
             key = f"{path}.{name}" if path else name
             if len(key) > limits.max_key_length:

@@ -31,6 +31,7 @@ from urllib.parse import quote
 
 from marshmallow import ValidationError
 
+from .parsing import is_array_index
 from .redirects import safe_location
 from .schemas import (
     INTEGER_PROPERTIES,
@@ -162,7 +163,7 @@ def _check_name(name: Any, path: str) -> None:
         raise TypeError(f"{path}: names must be strings, not {name.__class__.__name__}")
     if not name:
         raise ValueError(f"{path}: a name cannot be empty")
-    if name.isdigit():
+    if is_array_index(name):
         raise ValueError(f"{path}: a name cannot be all digits (it would read as an array index)")
     if _UNSAFE_NAME.search(name):
         raise ValueError(f"{path}: a name cannot contain '.', '[', ']' or control characters")

@@ -53,6 +53,11 @@ def track(client, extra: str, **kwargs):
         pytest.param("properties.revenue=&properties.quantity=", {}, id="empty-typed-omitted"),
         pytest.param("properties.item.revenue=abc", {"item": {"revenue": "abc"}}, id="typing-only-at-top-of-properties"),
         pytest.param("integrations.Amplitude=false&properties.a=1", {"a": "1"}, id="integrations-ignored"),
+        # Only ASCII digits are array indexes: "²" was a 500 (isdigit, yet int() refuses
+        # it) and fullwidth "１" read as index 1.
+        pytest.param("properties.x.%C2%B2=sq", {"x": {"²": "sq"}}, id="superscript-digit-is-a-name"),
+        pytest.param("properties.x.%EF%BC%91=fw", {"x": {"１": "fw"}}, id="fullwidth-digit-is-a-name"),
+        pytest.param("properties.x[%C2%B2]=sq", {"x": {"²": "sq"}}, id="superscript-digit-in-brackets-is-a-name"),
     ],
 )
 def test_properties_mapping(client, events, params, expected_properties):
