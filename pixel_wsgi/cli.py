@@ -328,6 +328,9 @@ def _show_json(row: dict[str, Any]) -> None:
 
 def _show_row(row: dict[str, Any]) -> None:
     event = row["event"]
+    if not isinstance(event, dict):  # a row that is not an event's JSON: say so, go on
+        print(_table_line((row["received_at"], row["type"], "(not a JSON event)", "", row["source"])), flush=True)
+        return
     label = event.get("event") if row["type"] == "track" else event.get("name")
     user = event.get("userId") or event.get("anonymousId") or ""
     print(_table_line((row["received_at"], row["type"], str(label or "-"), str(user), row["source"])), flush=True)

@@ -165,6 +165,22 @@ def test_events_zero_means_all(store, capsys):
     assert names == ["Home", "Clicked", "xxxxxxx"]
 
 
+def test_a_row_that_is_not_json_is_shown_and_the_listing_goes_on(store, capsys):
+    """Regression: a row written by another program (not an event's JSON) ended
+    `pixel-wsgi events` with a traceback, in the middle of `--follow` too."""
+    connection = sqlite3.connect(store)
+    connection.execute(
+        "INSERT INTO events (received_at, type, message_id, source, event) VALUES ('2026-01-01T00:00:00.000Z', 'track', 'm', 'other', 'x' )"
+    )
+    connection.commit()
+    connection.close()
+    assert main(["events", "--db", str(store), "--last", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "(not a JSON event)" in lines[-1] and "other" in lines[-1]
+    assert main(["events", "--db", str(store), "--last", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == "x"
+
+
 @pytest.mark.parametrize(
     ("setup", "message"),
     [

@@ -63,9 +63,18 @@ def iter_events(path: str, last: int | None = None, after: int = 0) -> Iterator[
                 f"SELECT * FROM (SELECT {COLUMNS} FROM events WHERE id > ? ORDER BY id DESC LIMIT ?) ORDER BY id", (after, last)
             )
         for row in cursor:
-            yield {"id": row[0], "received_at": row[1], "type": row[2], "message_id": row[3], "source": row[4], "event": json.loads(row[5])}
+            yield {"id": row[0], "received_at": row[1], "type": row[2], "message_id": row[3], "source": row[4], "event": _event(row[5])}
     finally:
         connection.close()
+
+
+def _event(text: str) -> Any:
+    """The stored JSON, decoded; a row that is not JSON (written by some other program,
+    or damaged) is shown as its text rather than ending the whole listing."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return text
 
 
 def read_events(path: str, last: int | None = None) -> list[dict[str, Any]]:
