@@ -309,7 +309,7 @@ class GroupCommitter:
     def _until_committed(self, patience: float, commit: Callable[[sqlite3.Connection], object]) -> Exception | None:
         """Run ``commit`` on this process's connection, again while another connection
         holds the write lock, for at most ``patience`` seconds; the failure, or ``None``."""
-        retries = _Retries(patience)
+        retries: _Retries | None = None  # made at the first refusal: most commits get through at once
         while True:
             try:
                 commit(self._connection_here())
@@ -318,6 +318,8 @@ class GroupCommitter:
                     self._drop_broken_connection()
                     return exc
                 # Another process commits (or checkpoints): nothing of ours was written.
+                if retries is None:
+                    retries = _Retries(patience)
                 if not retries.wait():
                     return GroupCommitTimeout(f"database is locked: another connection held the write lock for {patience:.3f}s")
                 continue
