@@ -273,15 +273,13 @@ class PixelApp:
         self, event_type: str, grouped: Dict[str, List[str]], source: SourceConfig, environ: WSGIEnvironment
     ) -> dict[str, Any]:
         known_keys, unknown_keys = sort_parameters(tuple(grouped), self.schemas.fields[event_type])
-        selected = {key: grouped[key] for key in known_keys}
-        unknown = {key: grouped[key] for key in unknown_keys}
         extra = None
-        if unknown:
+        if unknown_keys:
             if source.unknown_params == "reject":
-                raise bad_parameter(f"unknown parameter{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}")
+                raise bad_parameter(f"unknown parameter{'s' if len(unknown_keys) > 1 else ''}: {', '.join(unknown_keys)}")
             if source.unknown_params == "keep":
-                extra = nest(unknown, self.config.limits)
-        nested = nest(selected, self.config.limits)
+                extra = nest({key: grouped[key] for key in unknown_keys}, self.config.limits)
+        nested = nest({key: grouped[key] for key in known_keys}, self.config.limits)
         try:
             loaded = self.schemas.load(event_type, nested, infer_types=source.infer_types)
         except ValidationError as error:
@@ -358,17 +356,10 @@ class PixelApp:
     def ignored_parameters(self, event_type: str, grouped: Mapping[str, List[str]], source: SourceConfig) -> list[str]:
         """The query parameters that did not reach the event: unknown names (a typo such as
         ``propertes.revenue``), unless the source keeps them, and the ones the server owns."""
-        known_fields = self.schemas.fields[event_type]
-        ignored = []
-        for key in grouped:
-            name = top_level_name(key)
-            if name == "writeKey":
-                continue
-            if name in SERVER_OWNED_PARAMETERS or key == "context.ip":
-                ignored.append(key)
-            elif name not in known_fields and source.unknown_params != "keep":
-                ignored.append(key)
-        return ignored
+        known, unknown = sort_parameters(tuple(grouped), self.schemas.fields[event_type])
+        reached = set(known).union(unknown if source.unknown_params == "keep" else ())
+        # The server's own (neither known nor unknown) are ignored too, but for writeKey.
+        return [key for key in grouped if key == "context.ip" or (key not in reached and top_level_name(key) != "writeKey")]
 
     # -- lifecycle ------------------------------------------------------------
 

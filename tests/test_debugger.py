@@ -29,6 +29,24 @@ def debugged():
     app.close()
 
 
+@pytest.mark.parametrize(
+    ("unknown_params", "expected"),
+    [
+        pytest.param("ignore", ["propertes.revenue", "type", "sig", "context.ip"], id="unknown-ignored"),
+        pytest.param("keep", ["type", "sig", "context.ip"], id="unknown-kept"),
+    ],
+)
+def test_ignored_parameters_in_query_order(tmp_path, unknown_params, expected):
+    """Unknown names unless the source keeps them, the server's own but the write key, and
+    context.ip (the server says it): in the order the query gave them."""
+    app, _ = memory_app(WRITE_KEY, unknown_params=unknown_params, spool={"path": str(tmp_path / "spool.sqlite3")})
+    try:
+        grouped = {name: ["x"] for name in ("writeKey", "propertes.revenue", "event", "type", "context.page.path", "sig", "context.ip")}
+        assert app.ignored_parameters("track", grouped, app.config.sources[0]) == expected
+    finally:
+        app.close()
+
+
 def test_accepted_events_rejections_and_ignored_parameters_are_listed(debugged):
     client, log = debugged
     client.get(f"/pixel/v1/track?writeKey={WRITE_KEY}&anonymousId=a1&event=Bought&propertes.revenue=9.99&type=page&context.ip=1.2.3.4")
