@@ -65,6 +65,7 @@ import sqlite3
 import threading
 import time
 from _thread import allocate_lock
+from pathlib import Path
 from queue import Empty, SimpleQueue
 from typing import Any, Callable, Sequence
 
@@ -378,10 +379,13 @@ class GroupCommitter:
             wanted.clear()
             if self._checkpoint_wanted is not wanted:  # close() stopped this one
                 return
-            # A connection per checkpoint (a few hundred commits apart): it always
-            # reaches the file now at ``path``, even after the store was moved.
+            # A connection per checkpoint (a thousand commits apart): it always reaches
+            # the file now at ``path``, even after the store was moved. Never one that
+            # creates it: a store just deleted is set up by the next commit, in WAL mode
+            # and private, not left here empty and readable by all.
             try:
-                connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+                uri = Path(os.path.abspath(self.path)).as_uri() + "?mode=rw"
+                connection = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
                 try:
                     self._checkpoint(connection)
                 finally:

@@ -15,13 +15,15 @@ by their owner only: they contain email addresses, user ids and IP addresses.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import sqlite3
 import threading
 import time
 import weakref
-from typing import Any, Callable, Generic, TypeVar
+from contextlib import contextmanager
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -107,43 +109,110 @@ def open_wal_database(path: str, schema: str, *, incremental_vacuum: bool = Fals
     """A connection in autocommit, WAL mode, with a busy timeout, and ``schema`` applied.
 
     WAL lets readers run beside one writer and the busy timeout makes writers from
-    several worker processes wait for each other instead of failing. A new database
-    file is created 0600. ``incremental_vacuum`` makes a new file one whose freed pages
-    can be given back (``PRAGMA incremental_vacuum``): SQLite takes that setting only
-    before the switch to WAL, on a file without tables.
+    several worker processes wait for each other instead of failing. A missing or empty
+    file is first built by ``build_new_database`` (0600, WAL mode, ``schema``; with
+    ``incremental_vacuum``, freed pages can be given back).
     """
-    new_file = False
     if path != ":memory:" and not path.startswith("file:"):
-        create_private(path)
-        new_file = os.path.getsize(path) == 0
+        build_new_database(path, schema, incremental_vacuum=incremental_vacuum)
     connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
     try:
         connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        if incremental_vacuum and new_file:
-            # Only on an empty file: on one with tables it does nothing, yet still waits
-            # for another process's lock before the WAL switch makes that unnecessary.
-            connection.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        # A file made by some other program may still be in rollback-journal mode.
         _use_wal(connection)
         # NORMAL in WAL mode survives a crash of any process; only a power cut can take
         # the last transactions back, and FULL would cost an fsync per event.
         connection.execute("PRAGMA synchronous = NORMAL")
-        # Running the script takes the write lock even when it creates nothing: a
-        # thread opening its connection while another process writes would wait the
-        # whole busy timeout. Reading the catalogue needs no lock in WAL mode.
-        wanted = set(_CREATED_NAMES.findall(schema))
-        existing = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
-        if not wanted or not wanted <= existing:
-            connection.executescript(schema)
+        _apply_schema(connection, schema)
     except BaseException:
         connection.close()
         raise
     return connection
 
 
+def build_new_database(path: str, schema: str, *, incremental_vacuum: bool = False) -> None:
+    """Give a missing or empty database file its tables, in WAL mode, one process at a time.
+
+    Several processes and threads opening a new file at once all found it empty and all
+    set it up: SQLite then answered one of them "database is locked" without waiting, or
+    "disk I/O error" (one deleted a write-ahead log that another had just deleted),
+    and that worker's first events were answered 503. So the setup of a new file runs
+    under an ``flock`` on its folder: whoever holds it creates the file (0600: SQLite
+    gives the ``-wal`` and ``-shm`` files the same mode), sets incremental vacuum (only
+    possible before the first table), switches to WAL, creates the tables, checkpoints
+    them into the file and closes. The others wait, find a file that is not empty, and
+    open it as usual. A file that already has content never takes the lock.
+    """
+    if _has_content(path):
+        return
+    with _folder_lock(os.path.dirname(os.path.abspath(path)), path):
+        create_private(path)
+        if _has_content(path):  # built by another process while this one waited
+            return
+        connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        try:
+            if incremental_vacuum:
+                connection.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            _use_wal(connection)
+            connection.executescript(schema)
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            connection.close()
+
+
+def _has_content(path: str) -> bool:
+    try:
+        return os.stat(path).st_size > 0
+    except FileNotFoundError:
+        return False
+
+
+@contextmanager
+def _folder_lock(folder: str, path: str) -> Iterator[None]:
+    """An exclusive ``flock`` on ``folder``, waited for up to the busy timeout.
+
+    The folder, not the database file: a descriptor of the database closed by this
+    process would drop the POSIX locks SQLite holds on it in other threads.
+    """
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        # A folder that can be written but not read: build without the lock, as before.
+        yield
+        return
+    try:
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise sqlite3.OperationalError(f"database is locked: another process is creating {path}") from None
+                time.sleep(0.001)
+        yield
+    finally:
+        os.close(fd)  # drops the lock
+
+
+def _apply_schema(connection: sqlite3.Connection, schema: str) -> None:
+    """Create what ``schema`` names and the file lacks (a newer version may add a table).
+
+    Running the script takes the write lock even when it creates nothing: a thread
+    opening its connection while another process writes would wait the whole busy
+    timeout. Reading the catalogue needs no lock in WAL mode.
+    """
+    wanted = set(_CREATED_NAMES.findall(schema))
+    existing = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+    if not wanted or not wanted <= existing:
+        connection.executescript(schema)
+
+
 def _use_wal(connection: sqlite3.Connection) -> None:
     """Switch a database to WAL mode, waiting for other processes doing the same.
 
-    Two worker processes opening a new file at once both try to switch it; the switch
+    Worker processes opening a file still in rollback-journal mode at once (one made by
+    another program) all try to switch it; the switch
     needs an exclusive lock, and SQLite answers "database is locked" at once rather than
     calling the busy handler (waiting could deadlock two such switches). So it is tried
     again, with short sleeps, up to the busy timeout; a file already in WAL mode (the

@@ -113,6 +113,10 @@ def spool_file_problem(path: str) -> str | None:
         return f"the folder {directory} is not writable"
     if not os.path.exists(path):
         return None
+    if os.path.getsize(path) == 0:
+        # Empty (made by the operator, or being set up by a worker this instant): it is
+        # set up on first use, so opening it here could only get in the way.
+        return None if os.access(path, os.W_OK) else f"{path} is not writable"
     try:
         connection = sqlite3.connect(Path(os.path.abspath(path)).as_uri() + "?mode=rw", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
         try:

@@ -330,6 +330,22 @@ def test_a_store_moved_away_gets_a_new_file(tmp_path: Path, how: str) -> None:
         writer.close()
 
 
+def test_a_checkpoint_after_the_store_was_deleted_does_not_create_it_again(tmp_path: Path) -> None:
+    """The checkpointer opens the file at ``path`` each time; a store deleted meanwhile
+    must be set up by the next commit (private, WAL mode), not left as an empty file."""
+    path = tmp_path / "events.sqlite3"
+    writer = GroupCommitter(str(path), SCHEMA, INSERT)
+    try:
+        writer.insert(row("before"))
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        writer._start_checkpointer().set()
+        time.sleep(0.5)
+        assert not path.exists()
+    finally:
+        writer.close()
+
+
 WRITER = """
 import sys, sqlite3, threading
 from pixel_wsgi.destinations import Payload
