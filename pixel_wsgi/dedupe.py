@@ -60,6 +60,12 @@ def default_path(spool_path: str) -> str:
     return spool_path + ".dedupe"
 
 
+# Seconds a claim waits for another process setting up a new file: the claim comes
+# before dispatch, out of the request's budget, and a failed one costs only the
+# de-duplication of that event (it is delivered anyway).
+SETUP_WAIT = 0.5
+
+
 @dataclass
 class _Handle:
     """One thread's connection and the identity (device, inode) of the file it opened."""
@@ -84,13 +90,15 @@ class DedupeStore:
             raise ConfigError(f"dedupe.path: directory {directory} is not writable")
 
     def _open(self) -> _Handle:
-        # Created private before SQLite opens it; its -wal and -shm files take its mode.
-        descriptor = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        # Never a descriptor of our own on the file: closing it would drop the POSIX
+        # locks SQLite holds on it for this process's other threads (a "disk I/O
+        # error" when the file was removed and every thread opened it again at once).
+        connection = open_wal_database(self.path, SCHEMA, setup_wait=SETUP_WAIT)
         try:
-            status = os.fstat(descriptor)
-        finally:
-            os.close(descriptor)
-        connection = open_wal_database(self.path, SCHEMA)
+            status = os.stat(self.path)
+        except BaseException:
+            connection.close()
+            raise
         connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         return _Handle(connection, (status.st_dev, status.st_ino))
 

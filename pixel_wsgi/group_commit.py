@@ -69,7 +69,7 @@ from pathlib import Path
 from queue import Empty, SimpleQueue
 from typing import Any, Callable, Sequence
 
-from .resources import BUSY_TIMEOUT_MS, open_wal_database
+from .resources import BUSY_TIMEOUT_MS, build_new_database, open_wal_database
 
 logger = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ class GroupCommitter:
         retries: _Retries | None = None  # made at the first refusal: most commits get through at once
         while True:
             try:
-                commit(self._connection_here())
+                commit(self._connection_here(patience))
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
                     self._drop_broken_connection()
@@ -423,7 +423,7 @@ class GroupCommitter:
             self._connection.close()
             self._connection = None  # opened again for the next transaction
 
-    def _connection_here(self) -> sqlite3.Connection:
+    def _connection_here(self, patience: float) -> sqlite3.Connection:
         pid = os.getpid()
         connection = self._connection
         if connection is not None and self._connection_pid == pid:
@@ -437,7 +437,9 @@ class GroupCommitter:
             # kept open would go on writing where nobody reads. Start a new file.
             logger.warning("sqlite %s: the file was moved or deleted; opening a new one", self.path)
             connection.close()
-        # A connection inherited through fork must never be used in the child.
+        # A connection inherited through fork must never be used in the child. A new
+        # file is set up within the waiting requests' time, not the busy timeout.
+        build_new_database(self.path, self.schema, wait=patience)
         self._connection = connection = self._connect(self.path, self.schema)
         self._connection_pid = pid
         self._file_identity = self._identity()

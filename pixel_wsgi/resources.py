@@ -105,16 +105,16 @@ def create_private(path: str) -> None:
     os.close(fd)
 
 
-def open_wal_database(path: str, schema: str, *, incremental_vacuum: bool = False) -> sqlite3.Connection:
+def open_wal_database(path: str, schema: str, *, incremental_vacuum: bool = False, setup_wait: float | None = None) -> sqlite3.Connection:
     """A connection in autocommit, WAL mode, with a busy timeout, and ``schema`` applied.
 
     WAL lets readers run beside one writer and the busy timeout makes writers from
     several worker processes wait for each other instead of failing. A missing or empty
-    file is first built by ``build_new_database`` (0600, WAL mode, ``schema``; with
-    ``incremental_vacuum``, freed pages can be given back).
+    file is first set up by ``build_new_database`` (0600, WAL mode, ``schema``; with
+    ``incremental_vacuum``, freed pages can be given back), waiting at most
+    ``setup_wait`` seconds for another process setting it up.
     """
-    if path != ":memory:" and not path.startswith("file:"):
-        build_new_database(path, schema, incremental_vacuum=incremental_vacuum)
+    build_new_database(path, schema, incremental_vacuum=incremental_vacuum, wait=setup_wait)
     connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
     try:
         connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -130,24 +130,33 @@ def open_wal_database(path: str, schema: str, *, incremental_vacuum: bool = Fals
     return connection
 
 
-def build_new_database(path: str, schema: str, *, incremental_vacuum: bool = False) -> None:
+class DatabaseSetupTimeout(sqlite3.OperationalError):
+    """Another process kept the set-up lock of a new database for longer than the caller could wait.
+
+    Not "database is locked": that one is retried by the store's commit loop, and
+    this wait has already used the caller's time.
+    """
+
+
+def build_new_database(path: str, schema: str, *, incremental_vacuum: bool = False, wait: float | None = None) -> None:
     """Give a missing or empty database file its tables, in WAL mode, one process at a time.
 
     Several processes and threads opening a new file at once all found it empty and all
     set it up: SQLite then answered one of them "database is locked" without waiting, or
     "disk I/O error" (one deleted a write-ahead log that another had just deleted),
-    and that worker's first events were answered 503. So the setup of a new file runs
-    under an ``flock`` on its folder: whoever holds it creates the file (0600: SQLite
-    gives the ``-wal`` and ``-shm`` files the same mode), sets incremental vacuum (only
-    possible before the first table), switches to WAL, creates the tables, checkpoints
-    them into the file and closes. The others wait, find a file that is not empty, and
-    open it as usual. A file that already has content never takes the lock.
+    and that worker's first events were answered 503. So the set-up of a new file runs
+    under an ``flock`` on a lock file beside it (``<path>.setup-lock``): whoever holds it
+    creates the file (0600: SQLite gives the ``-wal`` and ``-shm`` files the same mode),
+    sets incremental vacuum (only possible before the first table), switches to WAL,
+    creates the tables, checkpoints them into the file and closes. The others wait (at
+    most ``wait`` seconds; by default the busy timeout), find a file that is not empty,
+    and open it as usual. A file that already has content never takes the lock.
     """
-    if _has_content(path):
+    if path == ":memory:" or path.startswith("file:") or _has_content(path):
         return
-    with _folder_lock(os.path.dirname(os.path.abspath(path)), path):
+    with _setup_lock(path, BUSY_TIMEOUT_MS / 1000 if wait is None else max(0.0, wait)):
         create_private(path)
-        if _has_content(path):  # built by another process while this one waited
+        if _has_content(path):  # set up by another process while this one waited
             return
         connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         try:
@@ -167,29 +176,33 @@ def _has_content(path: str) -> bool:
         return False
 
 
-@contextmanager
-def _folder_lock(folder: str, path: str) -> Iterator[None]:
-    """An exclusive ``flock`` on ``folder``, waited for up to the busy timeout.
+# Beside the database: ``<path>.setup-lock``, kept for the next set-up (a new file after
+# the old one was archived). Not the database file itself: a descriptor of it closed by
+# this process would drop the POSIX locks SQLite holds on it in other threads. Not its
+# folder: other tools (a backup run under ``flock``) may lock that.
+SETUP_LOCK_SUFFIX = ".setup-lock"
 
-    The folder, not the database file: a descriptor of the database closed by this
-    process would drop the POSIX locks SQLite holds on it in other threads.
-    """
+
+@contextmanager
+def _setup_lock(path: str, wait: float) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path``'s set-up lock file, waited for at most ``wait`` seconds."""
+    lock_path = path + SETUP_LOCK_SUFFIX
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), PRIVATE_FILE_MODE)
     try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        # A folder that can be written but not read: build without the lock, as before.
-        yield
-        return
-    try:
-        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        deadline = time.monotonic() + wait
+        pause = 0.001
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise sqlite3.OperationalError(f"database is locked: another process is creating {path}") from None
-                time.sleep(0.001)
+                now = time.monotonic()
+                if now >= deadline:
+                    raise DatabaseSetupTimeout(f"cannot set up {path}: {lock_path} was held by another process for {wait:.3f}s") from None
+                # A set-up takes milliseconds; a longer hold is someone else's business,
+                # so the waiters back off rather than spin.
+                time.sleep(min(pause, deadline - now))
+                pause = min(pause * 2, 0.05)
         yield
     finally:
         os.close(fd)  # drops the lock

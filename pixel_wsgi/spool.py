@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .errors import ConfigError
-from .resources import BUSY_TIMEOUT_MS, PerThread, open_wal_database, wait_for_locks_at_most
+from .resources import BUSY_TIMEOUT_MS, PerThread, build_new_database, open_wal_database, wait_for_locks_at_most
 
 logger = logging.getLogger(__name__)
 
@@ -113,10 +113,12 @@ def spool_file_problem(path: str) -> str | None:
         return f"the folder {directory} is not writable"
     if not os.path.exists(path):
         return None
+    if not os.access(path, os.W_OK):
+        return f"{path} is not writable"
     if os.path.getsize(path) == 0:
         # Empty (made by the operator, or being set up by a worker this instant): it is
         # set up on first use, so opening it here could only get in the way.
-        return None if os.access(path, os.W_OK) else f"{path} is not writable"
+        return None
     try:
         connection = sqlite3.connect(Path(os.path.abspath(path)).as_uri() + "?mode=rw", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
         try:
@@ -187,6 +189,9 @@ class Spool:
         deadline). Raises ``SpoolFull`` at the bound, ``sqlite3.Error`` or ``OSError``
         when it cannot store the event otherwise.
         """
+        if wait is not None:
+            # A new file is set up within the request's time too, not the busy timeout.
+            build_new_database(self.path, SCHEMA, incremental_vacuum=True, wait=wait)
         connection = self._connection()
         if wait is not None:
             wait_for_locks_at_most(connection, wait)

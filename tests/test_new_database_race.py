@@ -15,7 +15,15 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import pytest
+
+from pixel_wsgi.destinations.sqlite import INSERT as STORE_INSERT
+from pixel_wsgi.destinations.sqlite import SCHEMA as STORE_SCHEMA
+from pixel_wsgi.destinations.sqlite import read_events
+from pixel_wsgi.group_commit import GroupCommitError, GroupCommitter
+from pixel_wsgi.resources import SETUP_LOCK_SUFFIX
 from pixel_wsgi.spool import Spool, spool_file_problem
 from tests.support.processes import environment
 
@@ -130,3 +138,56 @@ def test_an_empty_file_made_beforehand_is_set_up_on_first_use(tmp_path):
     with sqlite3.connect(path) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     connection.close()
+
+
+HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+class SetUpLockHeld:
+    """Another process holding a new database's set-up lock (a stuck or stopped worker)."""
+
+    def __init__(self, database: Path) -> None:
+        self.process = subprocess.Popen([sys.executable, "-c", HOLDER, f"{database}{SETUP_LOCK_SUFFIX}"], stdout=subprocess.PIPE, text=True)
+
+    def __enter__(self) -> SetUpLockHeld:
+        assert self.process.stdout is not None and self.process.stdout.readline().strip() == "held"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.kill()
+        self.process.communicate()
+
+
+def test_spooling_into_a_file_whose_set_up_is_held_waits_the_request_s_time_only(tmp_path):
+    # It used to wait 5 s, whatever the request had left, and say "database is locked".
+    path = tmp_path / "spool.sqlite3"
+    spool = Spool(str(path))
+    with SetUpLockHeld(path):
+        started = time.monotonic()
+        with pytest.raises(sqlite3.OperationalError, match="setup-lock was held by another process"):
+            spool.add("hook", "m1", "web", b"{}", attempts=1, error="refused", wait=0.3)
+        assert time.monotonic() - started < 2.0
+    spool.add("hook", "m1", "web", b"{}", attempts=1, error="refused", wait=0.3)  # lock gone: set up now
+    assert [event.message_id for event in spool.all()] == ["m1"]
+    spool.close()
+
+
+def test_a_store_commit_whose_set_up_is_held_fails_within_its_time_and_is_not_retried_as_busy(tmp_path):
+    path = tmp_path / "events.sqlite3"
+    writer = GroupCommitter(str(path), STORE_SCHEMA, STORE_INSERT)
+    try:
+        with SetUpLockHeld(path):
+            started = time.monotonic()
+            with pytest.raises(GroupCommitError, match="setup-lock was held by another process for 0.3"):
+                writer.insert(("2026-11-23T00:00:00.000Z", "track", "m1", "web", "{}"), 0.3)
+            assert time.monotonic() - started < 2.0
+        writer.insert(("2026-11-23T00:00:00.000Z", "track", "m2", "web", "{}"), 0.3)
+    finally:
+        writer.close()
+    assert [event["message_id"] for event in read_events(str(path))] == ["m2"]

@@ -46,8 +46,8 @@ def test_store_spool_jsonl_and_their_wal_and_shm_files_are_private(tmp_path, per
         created = sorted(path.name for path in tmp_path.iterdir())
         assert created == [
             "events.jsonl",
-            "events.sqlite3", "events.sqlite3-shm", "events.sqlite3-wal",
-            "spool.sqlite3", "spool.sqlite3-shm", "spool.sqlite3-wal",
+            "events.sqlite3", "events.sqlite3-shm", "events.sqlite3-wal", "events.sqlite3.setup-lock",
+            "spool.sqlite3", "spool.sqlite3-shm", "spool.sqlite3-wal", "spool.sqlite3.setup-lock",
         ]  # fmt: skip
         assert {name: oct(mode(tmp_path / name)) for name in created} == {name: "0o600" for name in created}
     finally:
