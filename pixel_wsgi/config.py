@@ -34,9 +34,9 @@ from .options import (
     NonEmptyString,
     Number,
     OptionsSchema,
+    SQLiteFile,
     String,
     StringList,
-    WritableFile,
     flatten_messages,
 )
 from .spool import DEFAULT_MAX_BYTES, spool_file_problem
@@ -274,7 +274,7 @@ class DedupeSchema(OptionsSchema):
     model = DedupeConfig
     # None: beside the spool, as "<spool path>.dedupe" (one file per spool, so every
     # worker that shares the spool shares the messageIds it has seen).
-    path = WritableFile(load_default=None)
+    path = SQLiteFile(load_default=None)
 
 
 class SourceSchema(OptionsSchema):

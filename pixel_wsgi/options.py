@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import sqlite3
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load
@@ -43,6 +45,7 @@ __all__ = [
     "String",
     "StringList",
     "StringTable",
+    "SQLiteFile",
     "URL",
     "WritableFile",
     "flatten_messages",
@@ -197,6 +200,46 @@ class WritableFile(NonEmptyString):
         if problem:
             raise ValidationError(problem)
         return value
+
+
+class SQLiteFile(WritableFile):
+    """A ``WritableFile`` that, if it exists and is not empty, is a SQLite database.
+
+    Any other file (a log, a JSON-lines file given the wrong name) would fail every event
+    instead; an empty one is set up on first use.
+    """
+
+    def convert(self, value: Any) -> Any:
+        value = super().convert(value)
+        problem = sqlite_file_problem(value)
+        if problem:
+            raise ValidationError(problem)
+        return value
+
+
+def sqlite_file_problem(path: str) -> str | None:
+    """``"<path> is not a SQLite database"`` when it has content of another kind, else ``None``.
+
+    Asked of SQLite, read-only, rather than by reading the header ourselves: a
+    descriptor of a database that this process closes drops the locks SQLite holds on
+    it for the process's other connections, and SQLite knows to keep its own open.
+    """
+    try:
+        if os.path.getsize(path) == 0:
+            return None  # set up on first use
+    except OSError:
+        return None  # missing (created on first use) or unreadable (writable_file_problem's say)
+    try:
+        connection = sqlite3.connect(Path(os.path.abspath(path)).as_uri() + "?mode=ro", uri=True, timeout=1.0)
+        try:
+            connection.execute("PRAGMA schema_version").fetchone()
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as exc:
+        if "not a database" in str(exc):
+            return f"{path} is not a SQLite database"
+        # Locked or busy at this instant: a real database, which is all this asks.
+    return None
 
 
 def writable_file_problem(path: str) -> str | None:

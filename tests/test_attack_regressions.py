@@ -165,3 +165,37 @@ def test_the_failure_warning_says_when_the_spool_did_not_keep_the_event(tmp_path
             assert warning.endswith("NOT spooled: the spool failed")
         finally:
             app.close()
+
+
+def test_a_store_or_dedupe_file_that_is_not_sqlite_is_a_start_up_error(tmp_path):
+    """Found by a fresh-eyes attack: a store path naming a log file was accepted, and then
+    every event was tried three times and spooled; a dedupe file of another kind gave a
+    traceback on every request. An empty file is fine (it is set up on first use)."""
+    log = tmp_path / "access.log"
+    log.write_text("127.0.0.1 - - GET /\n")
+    empty = tmp_path / "empty.sqlite3"
+    empty.touch()
+    config = textwrap.dedent(
+        f"""
+        [dedupe]
+        path = "{log}"
+        [[sources]]
+        name = "s"
+        write_key = "k"
+        dedupe_window = 60
+        [destinations.store]
+        type = "sqlite"
+        path = "{log}"
+        [destinations.fresh]
+        type = "sqlite"
+        path = "{empty}"
+        """
+    )
+    path = tmp_path / "pixel.toml"
+    path.write_text(config)
+    with pytest.raises(ConfigError) as raised:
+        PixelApp(str(path))
+    assert sorted(raised.value.errors) == [
+        f"dedupe.path: {log} is not a SQLite database",
+        f"destinations.store.path: {log} is not a SQLite database",
+    ]

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from ..errors import DeliveryError
 from ..group_commit import GroupCommitError, GroupCommitter
-from ..options import OptionsSchema, WritableFile
+from ..options import OptionsSchema, SQLiteFile
 from ..resources import open_wal_database
 from .base import Destination, Payload
 
@@ -89,7 +89,7 @@ class SQLiteOptions:
 
 class SQLiteOptionsSchema(OptionsSchema):
     model = SQLiteOptions
-    path = WritableFile(load_default="pixel-events.sqlite3")
+    path = SQLiteFile(load_default="pixel-events.sqlite3")
 
 
 class SQLiteDestination(Destination):
