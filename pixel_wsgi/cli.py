@@ -14,7 +14,7 @@ import signal
 import sqlite3
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.urls import uri_to_iri
@@ -22,7 +22,7 @@ from werkzeug.urls import uri_to_iri
 from .app import PixelApp
 from .config import CONFIG_ENV_VAR, Config, load_config
 from .debugger import REQUESTS_PATH, DebuggerApp, RequestLog
-from .destinations.sqlite import iter_events
+from .destinations.sqlite import open_reader, rows_after
 from .drain_lock import DrainLock
 from .errors import ConfigError
 from .replay import DEFAULT_CONCURRENCY, Replayer
@@ -39,6 +39,9 @@ EVENT_COLUMNS = ("TIME", "TYPE", "EVENT/NAME", "USER", "SOURCE")
 EVENT_COLUMN_WIDTHS = (24, 5, 20, 16, 20)
 # How often --follow looks for new rows.
 FOLLOW_INTERVAL = 0.5
+# How long --follow still reads a store that was moved or deleted: the workers go on
+# writing to it until they notice, within a second.
+ROTATION_GRACE = 2.0
 # A write key is never logged in full, not even in the access log: whoever reads the
 # log could otherwise send events as that source.
 _WRITE_KEY_IN_QUERY = re.compile(r"((?:^|[?&])writeKey=[^&\s]{0,4})[^&\s]*")
@@ -299,27 +302,83 @@ def command_events(args: argparse.Namespace) -> int:
     show = _show_json if args.json else _show_row
     if not args.json:
         print(_table_line(EVENT_COLUMNS), flush=True)
-    last_id, last = 0, args.last or None
+    last = args.last or None
+    reader = _StoreReader(args.db, follow=args.follow)
     try:
         while True:
             try:
-                for row in iter_events(args.db, last, after=last_id):
+                for row in reader.rows(last):
                     show(row)
-                    last_id = row["id"]
-            except FileNotFoundError:
-                pass  # --follow before the server has made the store
             except sqlite3.Error as exc:
+                reader.close()
                 # A store the server has created but not set up yet is only a moment away.
                 if not (args.follow and "no such table" in str(exc)):
                     return _fail(f"{args.db}: not a pixel-wsgi event store ({exc})", 1)
             if not args.follow:
-                if not last_id:
+                reader.close()
+                if not reader.shown:
                     print(f"{args.db}: no events yet")
                 return 0
             last = None
             time.sleep(FOLLOW_INTERVAL)
     except KeyboardInterrupt:
         return 0
+    finally:
+        reader.close()
+
+
+class _StoreReader:
+    """The store's new rows, poll after poll, across an archiving of the file.
+
+    An operator may move or delete the store while the app runs; the workers then
+    start a new file at the same path within a second, whose ids start again at 1.
+    So this follows the file it opened, not only the path: once another file is at
+    the path, the old one is still read for ROTATION_GRACE (rows its workers wrote
+    before they noticed), then the new one from its first row.
+    """
+
+    def __init__(self, path: str, *, follow: bool) -> None:
+        self.path = path
+        # Following, an empty file is one being set up: left alone until it has content.
+        # Once, it is read (and said to be no event store).
+        self.follow = follow
+        self.shown = 0
+        self._connection: sqlite3.Connection | None = None
+        self._identity: tuple[int, int] | None = None
+        self._after = 0
+        self._replaced_at: float | None = None
+
+    def rows(self, last: int | None) -> Iterator[dict[str, Any]]:
+        if self._connection is None:
+            identity = _file_identity(self.path, empty_too=not self.follow)
+            if identity is None:
+                return  # --follow before the server has made (or set up) the store
+            self._connection, self._identity, self._after = open_reader(self.path), identity, 0
+        for row in rows_after(self._connection, self._after, last):
+            self._after = row["id"]
+            self.shown += 1
+            yield row
+        if _file_identity(self.path) != self._identity:
+            now = time.monotonic()
+            if self._replaced_at is None:
+                self._replaced_at = now
+            elif now - self._replaced_at >= ROTATION_GRACE:
+                self.close()  # the next poll opens the file now at the path
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+        self._connection = self._identity = self._replaced_at = None
+
+
+def _file_identity(path: str, *, empty_too: bool = False) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path``; ``None`` when there is none, or when it is
+    empty and not ``empty_too`` (a file being set up: opening it then could get in the way)."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (status.st_dev, status.st_ino) if status.st_size or empty_too else None
 
 
 def _show_json(row: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ checked, the spool folder checked by ``serve`` but not by ``check-config``.
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 
 from pixel_wsgi import ConfigError, PixelApp
 from pixel_wsgi.cli import main
+from pixel_wsgi.destinations.sqlite import read_events
 
 PIXEL_WSGI = str(Path(sys.executable).with_name("pixel-wsgi"))
 PACKAGE = Path(__file__).resolve().parents[1] / "pixel_wsgi"
@@ -203,6 +205,41 @@ def test_events_follow_shows_events_as_they_arrive(tmp_path):
         follower.wait(timeout=10)
         if follower.stdout is not None:
             follower.stdout.close()
+
+
+def test_events_follow_goes_on_across_an_archived_store(tmp_path):
+    """Found by a fresh-eyes attack: after the store was moved away (with its -wal and
+    -shm files) and the app started a new one, --follow went on from the old file's last
+    id in the new file, whose ids start again at 1: it skipped events in both files."""
+    from webtest import TestApp
+
+    db = tmp_path / "events.sqlite3"
+    app = PixelApp({"sources": [{"name": "s", "write_key": "k"}], "destinations": {"db": {"type": "sqlite", "path": str(db)}}})
+    client = TestApp(app)
+
+    def send(*numbers: int) -> None:
+        for number in numbers:
+            client.get(f"/pixel/v1/track?writeKey=k&anonymousId=a&event=E&messageId=m-{number}", status=200)
+
+    send(0, 1, 2, 3, 4)
+    follower = subprocess.Popen([PIXEL_WSGI, "events", "--db", str(db), "--follow", "--json"], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        send(5)
+        for suffix in ("", "-wal", "-shm"):
+            os.rename(f"{db}{suffix}", tmp_path / f"archived.sqlite3{suffix}")
+        send(6)  # the app has not noticed yet: into the archived file
+        time.sleep(1.2)
+        send(7, 8)  # a new file, ids from 1
+        time.sleep(3.5)  # ROTATION_GRACE and two polls
+    finally:
+        follower.terminate()
+        output, _ = follower.communicate(timeout=10)
+        app.close()
+    shown = [json.loads(line)["messageId"] for line in output.splitlines()]
+    assert shown == [f"m-{number}" for number in range(9)]
+    archived = [row["message_id"] for row in read_events(str(tmp_path / "archived.sqlite3"))]
+    assert archived == [f"m-{number}" for number in range(7)]
 
 
 def test_events_reads_a_large_store_row_by_row(tmp_path):

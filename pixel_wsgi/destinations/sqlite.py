@@ -52,20 +52,30 @@ def iter_events(path: str, last: int | None = None, after: int = 0) -> Iterator[
     """The stored rows with an id above ``after``, oldest first (only the last ``last``
     of them, if given), read one at a time: a store of millions of events is never
     loaded at once."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(path)
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    connection = open_reader(path)
     try:
-        if last is None:
-            cursor = connection.execute(f"SELECT {COLUMNS} FROM events WHERE id > ? ORDER BY id", (after,))
-        else:
-            cursor = connection.execute(
-                f"SELECT * FROM (SELECT {COLUMNS} FROM events WHERE id > ? ORDER BY id DESC LIMIT ?) ORDER BY id", (after, last)
-            )
-        for row in cursor:
-            yield {"id": row[0], "received_at": row[1], "type": row[2], "message_id": row[3], "source": row[4], "event": _event(row[5])}
+        yield from rows_after(connection, after, last)
     finally:
         connection.close()
+
+
+def open_reader(path: str) -> sqlite3.Connection:
+    """A read-only connection to the store at ``path`` (``FileNotFoundError`` if there is none)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(path)
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+def rows_after(connection: sqlite3.Connection, after: int = 0, last: int | None = None) -> Iterator[dict[str, Any]]:
+    """The rows with an id above ``after``, oldest first (only the last ``last`` of them, if given)."""
+    if last is None:
+        cursor = connection.execute(f"SELECT {COLUMNS} FROM events WHERE id > ? ORDER BY id", (after,))
+    else:
+        cursor = connection.execute(
+            f"SELECT * FROM (SELECT {COLUMNS} FROM events WHERE id > ? ORDER BY id DESC LIMIT ?) ORDER BY id", (after, last)
+        )
+    for row in cursor:
+        yield {"id": row[0], "received_at": row[1], "type": row[2], "message_id": row[3], "source": row[4], "event": _event(row[5])}
 
 
 def _event(text: str) -> Any:
