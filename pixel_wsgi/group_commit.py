@@ -69,7 +69,7 @@ from pathlib import Path
 from queue import Empty, SimpleQueue
 from typing import Any, Callable, Sequence
 
-from .resources import BUSY_TIMEOUT_MS, build_new_database, open_wal_database
+from .resources import BUSY_TIMEOUT_MS, Backoff, build_new_database, open_wal_database
 
 logger = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ class GroupCommitter:
     def _until_committed(self, patience: float, commit: Callable[[sqlite3.Connection], object]) -> Exception | None:
         """Run ``commit`` on this process's connection, again while another connection
         holds the write lock, for at most ``patience`` seconds; the failure, or ``None``."""
-        retries: _Retries | None = None  # made at the first refusal: most commits get through at once
+        retries: Backoff | None = None  # made at the first refusal: most commits get through at once
         while True:
             try:
                 commit(self._connection_here(patience))
@@ -320,7 +320,7 @@ class GroupCommitter:
                     return exc
                 # Another process commits (or checkpoints): nothing of ours was written.
                 if retries is None:
-                    retries = _Retries(patience)
+                    retries = _lock_retries(patience)
                 if not retries.wait():
                     return GroupCommitTimeout(f"database is locked: another connection held the write lock for {patience:.3f}s")
                 continue
@@ -409,7 +409,7 @@ class GroupCommitter:
         """
         connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         connection.execute("PRAGMA busy_timeout = 0")
-        retries = _Retries(CHECKPOINT_LOCK_TIMEOUT)
+        retries = _lock_retries(CHECKPOINT_LOCK_TIMEOUT)
         with self._commit_lock:
             while connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0] and retries.wait():
                 pass  # busy: a writer or a reader of an older snapshot was in the way
@@ -473,27 +473,10 @@ class GroupCommitter:
         return f"<GroupCommitter {self.path}>"
 
 
-class _Retries:
-    """The waits between tries of a lock another connection holds, for ``seconds`` in all:
-    none for RETRY_AT_ONCE_FOR, then pauses from FIRST_PAUSE doubling up to LONGEST_PAUSE."""
-
-    __slots__ = ("deadline", "at_once_until", "pause")
-
-    def __init__(self, seconds: float) -> None:
-        now = time.monotonic()
-        self.deadline = now + seconds
-        self.at_once_until = now + RETRY_AT_ONCE_FOR
-        self.pause = FIRST_PAUSE
-
-    def wait(self) -> bool:
-        """Wait before the next try; ``False`` (at once) when the time is up."""
-        now = time.monotonic()
-        if now >= self.deadline:
-            return False
-        if now >= self.at_once_until:
-            time.sleep(min(self.pause, self.deadline - now))
-            self.pause = min(self.pause * 2, LONGEST_PAUSE)
-        return True
+def _lock_retries(seconds: float) -> Backoff:
+    """The waits between tries of the write lock another connection holds, for ``seconds``
+    in all: none for RETRY_AT_ONCE_FOR, then pauses from FIRST_PAUSE up to LONGEST_PAUSE."""
+    return Backoff(seconds, at_once_for=RETRY_AT_ONCE_FOR, first_pause=FIRST_PAUSE, longest_pause=LONGEST_PAUSE)
 
 
 def _is_busy(error: sqlite3.OperationalError) -> bool:

@@ -92,6 +92,31 @@ class PerThread(Generic[T]):
         self._local = threading.local()
 
 
+class Backoff:
+    """The waits between tries of something another process holds, for ``seconds`` in all:
+    none for ``at_once_for`` seconds, then pauses from ``first_pause`` doubling up to
+    ``longest_pause``; the last one ends at the deadline."""
+
+    __slots__ = ("deadline", "at_once_until", "pause", "longest_pause")
+
+    def __init__(self, seconds: float, *, first_pause: float, longest_pause: float, at_once_for: float = 0.0) -> None:
+        now = time.monotonic()
+        self.deadline = now + seconds
+        self.at_once_until = now + at_once_for
+        self.pause = first_pause
+        self.longest_pause = longest_pause
+
+    def wait(self) -> bool:
+        """Wait before the next try; ``False`` (at once) when the time is up."""
+        now = time.monotonic()
+        if now >= self.deadline:
+            return False
+        if now >= self.at_once_until:
+            time.sleep(min(self.pause, self.deadline - now))
+            self.pause = min(self.pause * 2, self.longest_pause)
+        return True
+
+
 def create_private(path: str) -> None:
     """Create ``path`` empty with mode 0600 if it does not exist; an existing file is left alone.
 
@@ -189,20 +214,16 @@ def _setup_lock(path: str, wait: float) -> Iterator[None]:
     lock_path = path + SETUP_LOCK_SUFFIX
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), PRIVATE_FILE_MODE)
     try:
-        deadline = time.monotonic() + wait
-        pause = 0.001
+        # A set-up takes milliseconds; a longer hold is someone else's business, so the
+        # waiters back off rather than spin.
+        backoff = Backoff(wait, first_pause=0.001, longest_pause=0.05)
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                now = time.monotonic()
-                if now >= deadline:
+                if not backoff.wait():
                     raise DatabaseSetupTimeout(f"cannot set up {path}: {lock_path} was held by another process for {wait:.3f}s") from None
-                # A set-up takes milliseconds; a longer hold is someone else's business,
-                # so the waiters back off rather than spin.
-                time.sleep(min(pause, deadline - now))
-                pause = min(pause * 2, 0.05)
         yield
     finally:
         os.close(fd)  # drops the lock
@@ -225,22 +246,19 @@ def _use_wal(connection: sqlite3.Connection) -> None:
     """Switch a database to WAL mode, waiting for other processes doing the same.
 
     Worker processes opening a file still in rollback-journal mode at once (one made by
-    another program) all try to switch it; the switch
-    needs an exclusive lock, and SQLite answers "database is locked" at once rather than
-    calling the busy handler (waiting could deadlock two such switches). So it is tried
-    again, with short sleeps, up to the busy timeout; a file already in WAL mode (the
-    other process won) answers at once.
+    another program) all try to switch it; the switch needs an exclusive lock, and
+    SQLite answers "database is locked" at once rather than calling the busy handler
+    (waiting could deadlock two such switches). So it is tried again, with short
+    sleeps, up to the busy timeout; a file already in WAL mode (the other process won)
+    answers at once.
     """
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-    delay = 0.002
+    backoff = Backoff(BUSY_TIMEOUT_MS / 1000, first_pause=0.002, longest_pause=0.05)
     while True:
         try:
             mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+            if "locked" not in str(exc) or not backoff.wait():
                 raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
             continue
         if str(mode).lower() not in ("wal", "memory"):  # an in-memory database has no journal file
             raise sqlite3.OperationalError(f"cannot use WAL mode (journal_mode is {mode})")
