@@ -65,11 +65,10 @@ import sqlite3
 import threading
 import time
 from _thread import allocate_lock
-from pathlib import Path
 from queue import Empty, SimpleQueue
 from typing import Any, Callable, Sequence
 
-from .resources import BUSY_TIMEOUT_MS, Backoff, build_new_database, open_wal_database
+from .resources import BUSY_TIMEOUT_MS, Backoff, build_new_database, database_uri, open_wal_database
 
 logger = logging.getLogger(__name__)
 
@@ -384,8 +383,7 @@ class GroupCommitter:
             # creates it: a store just deleted is set up by the next commit, in WAL mode
             # and private, not left here empty and readable by all.
             try:
-                uri = Path(os.path.abspath(self.path)).as_uri() + "?mode=rw"
-                connection = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+                connection = sqlite3.connect(database_uri(self.path, "rw"), uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
                 try:
                     self._checkpoint(connection)
                 finally:

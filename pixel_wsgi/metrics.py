@@ -26,11 +26,11 @@ import os
 import sqlite3
 import threading
 import weakref
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, Mapping, Sequence, Tuple
 
 from .config import MetricsConfig
 from .observer import Observer
+from .resources import database_uri
 from .spool import Spool
 
 if TYPE_CHECKING:
@@ -216,7 +216,7 @@ class _SpoolRegistry:
         )
         if os.path.exists(self.path):
             try:
-                connection = sqlite3.connect(Path(os.path.abspath(self.path)).as_uri() + "?mode=ro", uri=True, timeout=1.0)
+                connection = sqlite3.connect(database_uri(self.path, "ro"), uri=True, timeout=1.0)
                 try:
                     rows = connection.execute("SELECT destination, dead, COUNT(*) FROM spool GROUP BY destination, dead").fetchall()
                 finally:

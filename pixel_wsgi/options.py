@@ -29,10 +29,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import sqlite3
-from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load
+
+from .resources import database_uri
 
 __all__ = [
     "Boolean",
@@ -230,7 +231,7 @@ def sqlite_file_problem(path: str) -> str | None:
     except OSError:
         return None  # missing (created on first use) or unreadable (writable_file_problem's say)
     try:
-        connection = sqlite3.connect(Path(os.path.abspath(path)).as_uri() + "?mode=ro", uri=True, timeout=1.0)
+        connection = sqlite3.connect(database_uri(path, "ro"), uri=True, timeout=1.0)
         try:
             connection.execute("PRAGMA schema_version").fetchone()
         finally:

@@ -23,6 +23,7 @@ import threading
 import time
 import weakref
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -115,6 +116,13 @@ class Backoff:
             time.sleep(min(self.pause, self.deadline - now))
             self.pause = min(self.pause * 2, self.longest_pause)
         return True
+
+
+def database_uri(path: str, mode: str) -> str:
+    """A ``file:`` URI for ``sqlite3.connect(..., uri=True)`` that never creates the file:
+    ``mode`` is ``"ro"`` or ``"rw"``. The path is made absolute and escaped (a ``?`` or
+    ``#`` in a folder name would otherwise end it)."""
+    return Path(os.path.abspath(path)).as_uri() + f"?mode={mode}"
 
 
 def create_private(path: str) -> None:

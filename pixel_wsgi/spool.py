@@ -22,11 +22,10 @@ import os
 import sqlite3
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .errors import ConfigError
-from .resources import BUSY_TIMEOUT_MS, PerThread, build_new_database, open_wal_database, wait_for_locks_at_most
+from .resources import BUSY_TIMEOUT_MS, PerThread, build_new_database, database_uri, open_wal_database, wait_for_locks_at_most
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +119,7 @@ def spool_file_problem(path: str) -> str | None:
         # set up on first use, so opening it here could only get in the way.
         return None
     try:
-        connection = sqlite3.connect(Path(os.path.abspath(path)).as_uri() + "?mode=rw", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        connection = sqlite3.connect(database_uri(path, "rw"), uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
         try:
             columns = [row[1] for row in connection.execute("PRAGMA table_info(spool)")]
             if columns and tuple(columns) != COLUMNS:

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 from ..errors import DeliveryError
 from ..group_commit import GroupCommitError, GroupCommitter
 from ..options import OptionsSchema, SQLiteFile
-from ..resources import open_wal_database
+from ..resources import database_uri, open_wal_database
 from .base import Destination, Payload
 
 SCHEMA = """
@@ -63,7 +63,7 @@ def open_reader(path: str) -> sqlite3.Connection:
     """A read-only connection to the store at ``path`` (``FileNotFoundError`` if there is none)."""
     if not os.path.exists(path):
         raise FileNotFoundError(path)
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    return sqlite3.connect(database_uri(path, "ro"), uri=True)
 
 
 def rows_after(connection: sqlite3.Connection, after: int = 0, last: int | None = None) -> Iterator[dict[str, Any]]:
