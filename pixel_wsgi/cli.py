@@ -315,7 +315,6 @@ def command_events(args: argparse.Namespace) -> int:
                 if not (args.follow and "no such table" in str(exc)):
                     return _fail(f"{args.db}: not a pixel-wsgi event store ({exc})", 1)
             if not args.follow:
-                reader.close()
                 if not reader.shown:
                     print(f"{args.db}: no events yet")
                 return 0
