@@ -366,6 +366,17 @@ class PixelApp:
     def destination(self, name: str) -> Destination:
         return self.destinations[name]
 
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Commit now what the destinations of this process hold back for a moment (the
+        SQLite store's journal), so that a test or script reading the store right after a
+        request finds every event; ``False`` if one of them could not within ``timeout``."""
+        flushed = True
+        for destination in self.destinations.values():
+            flush = getattr(destination, "flush", None)
+            if flush is not None:
+                flushed = bool(flush(timeout)) and flushed
+        return flushed
+
     def close(self) -> None:
         """Stop the drainer; close every destination's connections and files."""
         if self.drainer is not None:

@@ -22,7 +22,7 @@ from werkzeug.urls import uri_to_iri
 from .app import PixelApp
 from .config import CONFIG_ENV_VAR, Config, load_config
 from .debugger import REQUESTS_PATH, DebuggerApp, RequestLog
-from .destinations.sqlite import open_reader, rows_after
+from .destinations.sqlite import open_reader, recover_journals, rows_after
 from .drain_lock import DrainLock
 from .errors import ConfigError
 from .replay import DEFAULT_CONCURRENCY, Replayer
@@ -300,6 +300,11 @@ def command_events(args: argparse.Namespace) -> int:
     if not os.path.exists(args.db) and not args.follow:
         return _fail(f"{args.db}: no such event store (run `pixel-wsgi serve` first, or pass --db FILE)", 1)
     show = _show_json if args.json else _show_row
+    try:
+        # Events answered by a server that was killed are in its journal, not yet in the store.
+        recover_journals(args.db)
+    except (OSError, sqlite3.Error) as exc:
+        print(f"pixel-wsgi: {args.db}: the journals of ended servers stay for now ({exc})", file=sys.stderr)
     if not args.json:
         print(_table_line(EVENT_COLUMNS), flush=True)
     last = args.last or None

@@ -208,6 +208,26 @@ class GroupCommitter:
         if pending.error is not None:
             raise GroupCommitError(f"sqlite {self.path}: {pending.error}")
 
+    def insert_batch(self, rows: Sequence[Row], also: Sequence[tuple[str, Sequence[Any]]] = (), timeout: float | None = None) -> None:
+        """Store ``rows`` and run the statements of ``also`` in one transaction; return once
+        it is committed, or raise ``GroupCommitError`` (then nothing of it was stored).
+
+        For a caller that batches rows itself (the store's journal importer): it waits
+        for the commit turn like any request, at most ``timeout`` seconds.
+        """
+        wait = DEFAULT_TIMEOUT if timeout is None else max(0.0, timeout)
+        if not self._commit_lock.acquire(timeout=wait):
+            raise GroupCommitTimeout(f"sqlite {self.path}: the commit turn was not free within {wait:.3f}s")
+        try:
+            error = self._until_committed(wait, lambda connection: self._run_transaction(connection, rows, also))
+        finally:
+            self._commit_lock.release()
+        queue = self._queue if self._queue_pid == os.getpid() else None
+        if queue is not None:
+            self._serve(queue)
+        if error is not None:
+            raise GroupCommitError(f"sqlite {self.path}: {describe(error)}") from error
+
     @property
     def queued(self) -> int:
         """Rows waiting for a commit in this process (for tests and diagnostics)."""
@@ -330,14 +350,19 @@ class GroupCommitter:
             return None
 
     def _insert_rows(self, connection: sqlite3.Connection, batch: list[_Pending]) -> None:
+        # Rows whose request gave up while the lock was awaited are left
+        # out: their request was told they are not stored (and spools them).
+        self._run_transaction(connection, [pending.row for pending in batch if not pending.cancelled])
+
+    def _run_transaction(self, connection: sqlite3.Connection, rows: Sequence[Row], also: Sequence[tuple[str, Sequence[Any]]] = ()) -> None:
         # IMMEDIATE takes the write lock up front: a busy database (another process
         # committing) fails here, before any row is written, and is tried again.
         connection.execute("BEGIN IMMEDIATE")
         try:
-            # Rows whose request gave up while the lock was awaited are left
-            # out: their request was told they are not stored (and spools them).
-            rows = [pending.row for pending in batch if not pending.cancelled]
-            connection.executemany(self.insert_sql, rows)
+            if rows:
+                connection.executemany(self.insert_sql, rows)
+            for statement, parameters in also:
+                connection.execute(statement, parameters)
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:

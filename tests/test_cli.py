@@ -92,6 +92,7 @@ def test_serve_with_a_config_file(tmp_path):
     with serve(tmp_path, "--config", str(config)) as server:
         status, _, body = http_get(f"{server.url}/px/track?writeKey=configured-key&userId=u1&event=Configured")
         assert (status, body) == (200, b"OK")
+        assert server.stop() == 0
     log = server.log()
     assert "config:    " in log and "'site'" in log
     assert "writeKey=$WRITE_KEY" in log and "configured-key" not in log.split("Press Ctrl-C")[0]

@@ -105,7 +105,9 @@ def test_a_sqlite_lock_held_by_another_process_costs_one_budget_and_starves_nobo
     3 s budget, and the other destinations' copies were spooled without being tried."""
     store = tmp_path / "events.sqlite3"
     with Sink() as good:
-        app, client = make_app({"store": {"type": "sqlite", "path": str(store)}, "good": {"type": "webhook", "url": good.url}})
+        app, client = make_app(
+            {"store": {"type": "sqlite", "path": str(store), "journal": False}, "good": {"type": "webhook", "url": good.url}}
+        )
         client.get(track_url("m-before-lock"), status=200)  # creates the store
         with write_lock_held_by_another_process(store):
             assert timed_get(client, track_url("m-locked")) < BUDGET + GRACE
@@ -118,7 +120,7 @@ def test_a_locked_spool_is_waited_for_only_until_the_grace_ends(make_app, tmp_pa
     """Store and spool both locked by another process: the answer is a 503 (the event is
     not safe), and it comes within budget + 0.25 s."""
     store, spool = tmp_path / "events.sqlite3", tmp_path / "spool.sqlite3"
-    app, client = make_app({"store": {"type": "sqlite", "path": str(store)}})
+    app, client = make_app({"store": {"type": "sqlite", "path": str(store), "journal": False}})
     client.get(track_url("m-first"), status=200)
     existing = Spool(str(spool))
     existing.counts()  # the spool exists (with its table), so it can be locked
@@ -145,7 +147,7 @@ def test_a_lock_held_elsewhere_costs_one_budget_on_a_thread_per_request_server(t
     """Each request thread of werkzeug's threaded server (``pixel-wsgi serve``) opens its
     own connection: opening one must not wait the busy timeout either."""
     store = tmp_path / "events.sqlite3"
-    app = PixelApp(delivery_config(tmp_path, {"store": {"type": "sqlite", "path": str(store)}}, budget=BUDGET))
+    app = PixelApp(delivery_config(tmp_path, {"store": {"type": "sqlite", "path": str(store), "journal": False}}, budget=BUDGET))
     try:
         with serve_in_thread(app) as base:
             assert http_get(base + track_url("m-before"))[0] == 200

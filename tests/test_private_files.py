@@ -43,13 +43,19 @@ def test_store_spool_jsonl_and_their_wal_and_shm_files_are_private(tmp_path, per
     app = PixelApp(config)
     try:
         TestApp(app).get(track_url("m-private"), status=200)
+        assert app.flush()
         created = sorted(path.name for path in tmp_path.iterdir())
         assert created == [
             "events.jsonl",
-            "events.sqlite3", "events.sqlite3-shm", "events.sqlite3-wal", "events.sqlite3.setup-lock",
+            "events.sqlite3", "events.sqlite3-shm", "events.sqlite3-wal", "events.sqlite3.journals", "events.sqlite3.setup-lock",
             "spool.sqlite3", "spool.sqlite3-shm", "spool.sqlite3-wal", "spool.sqlite3.setup-lock",
         ]  # fmt: skip
-        assert {name: oct(mode(tmp_path / name)) for name in created} == {name: "0o600" for name in created}
+        files = [name for name in created if name != "events.sqlite3.journals"]
+        assert {name: oct(mode(tmp_path / name)) for name in files} == {name: "0o600" for name in files}
+        # The journals' folder and the journal of this process (its events wait there a few milliseconds).
+        assert oct(mode(tmp_path / "events.sqlite3.journals")) == "0o700"
+        [journal] = (tmp_path / "events.sqlite3.journals").iterdir()
+        assert journal.name.endswith(".journal") and oct(mode(journal)) == "0o600"
     finally:
         app.close()
 
@@ -62,6 +68,7 @@ def test_existing_files_keep_their_mode(tmp_path, permissive_umask):
     app = PixelApp(config)
     try:
         TestApp(app).get(track_url("m-kept"), status=200)
+        assert app.flush()
         assert mode(lines) == mode(store) == 0o640
         # SQLite gives its side files the database's mode.
         assert mode(tmp_path / "events.sqlite3-wal") == 0o640

@@ -60,6 +60,7 @@ def email_app(tmp_path, monkeypatch):
 
 
 def stored_events(app: PixelApp) -> list[dict]:
+    app.flush()
     if not os.path.exists("email-events.sqlite3"):  # nothing was ever stored
         return []
     return [row["event"] for row in read_events("email-events.sqlite3")]

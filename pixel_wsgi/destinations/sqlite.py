@@ -17,6 +17,7 @@ another B-tree page per commit); readers go by ``id``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 from dataclasses import dataclass
@@ -24,11 +25,15 @@ from typing import Any, Iterator
 
 from ..errors import DeliveryError
 from ..group_commit import GroupCommitError, GroupCommitter
-from ..options import OptionsSchema, SQLiteFile
+from ..journal import PROGRESS_SCHEMA, JournalUnavailable, StoreJournal, journal_folder
+from ..options import Boolean, OptionsSchema, SQLiteFile
 from ..resources import database_uri, open_wal_database
 from .base import Destination, Payload
 
-SCHEMA = """
+logger = logging.getLogger(__name__)
+
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
     received_at TEXT NOT NULL,
@@ -38,6 +43,8 @@ CREATE TABLE IF NOT EXISTS events (
     event TEXT NOT NULL
 );
 """
+    + PROGRESS_SCHEMA
+)
 INSERT = "INSERT INTO events (received_at, type, message_id, source, event) VALUES (?, ?, ?, ?, ?)"
 
 
@@ -87,6 +94,19 @@ def _event(text: str) -> Any:
         return text
 
 
+def recover_journals(path: str) -> int:
+    """Commit into the store at ``path`` the events journaled by processes that have ended
+    (a worker killed with ``kill -9``, a server that was never stopped cleanly); how many.
+    Journals whose process still runs are left to it."""
+    if not os.path.isdir(journal_folder(path)):
+        return 0
+    committer = GroupCommitter(path, SCHEMA, INSERT)
+    try:
+        return StoreJournal(committer).recover_orphans()
+    finally:
+        committer.close()
+
+
 def read_events(path: str, last: int | None = None) -> list[dict[str, Any]]:
     """The stored rows, oldest first (the last ``last`` of them, if given), as a list."""
     return list(iter_events(path, last))
@@ -95,11 +115,16 @@ def read_events(path: str, last: int | None = None) -> list[dict[str, Any]]:
 @dataclass(frozen=True)
 class SQLiteOptions:
     path: str
+    journal: bool
 
 
 class SQLiteOptionsSchema(OptionsSchema):
     model = SQLiteOptions
     path = SQLiteFile(load_default="pixel-events.sqlite3")
+    # true: an event is kept in the process's journal file before the answer and
+    # committed with others a few milliseconds later; false: the answer waits for
+    # the SQLite commit that holds it.
+    journal = Boolean(load_default=True)
 
 
 class SQLiteDestination(Destination):
@@ -112,19 +137,42 @@ class SQLiteDestination(Destination):
         self.path = options.path
         # Nothing opened here: the connection opens on the first event of each process.
         self._writer = GroupCommitter(self.path, SCHEMA, INSERT)
+        self._journal = StoreJournal(self._writer) if options.journal else None
+        self._last_journal_problem: str | None = None
 
     def deliver(self, payload: Payload) -> None:
         self.deliver_within(payload, None)
 
     def deliver_within(self, payload: Payload, seconds: float | None) -> None:
-        """Return once the event's row is committed; waits at most ``seconds`` for that."""
+        """Return once the event's row is in the journal or committed; waits at most ``seconds``."""
         event = payload.event
         row = (event.get("receivedAt", ""), payload.type, payload.message_id, payload.source, payload.text)
+        if self._journal is not None:
+            try:
+                self._journal.add(row)
+                return
+            except JournalUnavailable as exc:
+                self._journal_unavailable(str(exc))
         try:
             self._writer.insert(row, seconds)
         except GroupCommitError as exc:
             raise DeliveryError(str(exc)) from exc
 
+    def _journal_unavailable(self, reason: str) -> None:
+        # Once per reason: the store commits the events itself meanwhile, so nothing is lost.
+        if reason != self._last_journal_problem:
+            self._last_journal_problem = reason
+            logger.warning("sqlite %s: %s; committing events directly", self.path, reason)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Commit the events this process has journaled now (tests and scripts that read the
+        store right after a request); ``False`` if the store failed first."""
+        if self._journal is None:
+            return True
+        return self._journal.flush() if timeout is None else self._journal.flush(timeout)
+
     def close(self) -> None:
-        """Commit the events still queued, then close this process's connection."""
+        """Commit the journaled and queued events, then close this process's connection and journal."""
+        if self._journal is not None:
+            self._journal.close()
         self._writer.close()

@@ -1,0 +1,497 @@
+"""The store's journal: an event is kept in a file before the answer, committed to SQLite in batches.
+
+A SQLite commit per event costs a pixel request more than everything else it does
+(locks, write-ahead-log frames, and, with several worker processes writing the same
+file, a page cache that the other processes' commits throw away each time). Each
+process therefore appends every event to a journal file of its own and answers;
+the rows reach the store a few milliseconds later, many per transaction.
+
+The rules:
+
+- **An event is kept before the answer**: ``add`` returns once the event's record
+  is in the journal file. The file is memory-mapped, so the record is in the
+  operating system's page cache the moment it is copied: it survives the process
+  being killed, exactly as a SQLite commit with ``synchronous = NORMAL`` does (neither
+  survives a power cut). A journal that cannot take the event (it cannot be created,
+  or too many events wait for a store that keeps failing) raises
+  ``JournalUnavailable``; the store then commits the event itself, before answering.
+- **Events reach the store within milliseconds**: the request that brings the
+  ``BATCH_ROWS``-th waiting event commits the waiting events itself (no hand-over to
+  another thread, which costs as much as the commit); otherwise a thread of the
+  process does it: at once after a quiet spell, ``MAX_DELAY`` after the first one
+  arrived while events keep coming. Readers of the store see an event that late.
+- **What was imported is recorded in the same transaction**: the table
+  ``journal_progress`` keeps, per journal file, how far it has been committed. A
+  process that dies (``kill -9``, out of memory) leaves its journal; another process
+  of the store, or the next one to start, finds it (its ``flock`` is free: the owner
+  holds it for as long as it lives), commits the events past that point and deletes
+  the file. Nothing is stored twice unless the store file itself was replaced in
+  between (at-least-once, never lost).
+- **Files are private and bounded**: the journals live in ``<store>.journals/`` (0700),
+  one file of ``SEGMENT_BYTES`` per process at a time (0600, its space reserved up
+  front: a full disk fails the creation of a file, never a write into it). A full
+  file is followed by a new one and deleted once all its events are in the store.
+- **A graceful exit leaves nothing behind**: ``close()`` (also run when the process
+  exits normally: gunicorn's worker restarts) commits the waiting events and deletes
+  the process's journal.
+"""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import logging
+import mmap
+import os
+import secrets
+import sqlite3
+import struct
+import threading
+import time
+import zlib
+from typing import Any, Sequence
+
+import orjson
+
+from .group_commit import GroupCommitError, GroupCommitter
+from .resources import database_uri
+
+logger = logging.getLogger(__name__)
+
+# Bytes of one journal file (reserved when it is created): about 3,000 events of a
+# typical page view; a process keeps one open at a time.
+SEGMENT_BYTES = 4 << 20
+# A record: its length and CRC-32, then the row as JSON. A zero length ends the file's
+# records (a new file reads as zeros).
+HEADER = struct.Struct("<II")
+# Waiting events that make the request bringing the last of them commit them all.
+BATCH_ROWS = 32
+# Seconds the first waiting event waits for others before the journal's thread commits
+# it, when the thread committed less than BUSY_WITHIN seconds before (events are
+# arriving fast); a lone event after a quiet spell is committed at once.
+MAX_DELAY = 0.005
+BUSY_WITHIN = 0.05
+# Rows per transaction at most (the store's write lock is held that long).
+MAX_IMPORT = 500
+# Journal files with events not yet in the store, at most: past this (the store has
+# failed for thousands of events) events are committed directly, or fail and are spooled.
+MAX_WAITING_SEGMENTS = 16
+# How long a request that commits a batch waits for another process's write lock;
+# the journal's thread tries again later, with the events safe in the journal.
+REQUEST_IMPORT_PATIENCE = 0.05
+# How long the journal's thread waits for the store, per try.
+THREAD_IMPORT_PATIENCE = 5.0
+# Pauses between failed tries of the journal's thread.
+RETRY_FIRST_PAUSE = 0.05
+RETRY_LONGEST_PAUSE = 2.0
+# Seconds between two looks for journals left by processes that ended.
+ORPHAN_SCAN_INTERVAL = 5.0
+# How long ``close()`` waits for the store.
+CLOSE_TIMEOUT = 10.0
+SUFFIX = ".journal"
+NEW_SUFFIX = ".new"
+
+PROGRESS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS journal_progress (
+    journal TEXT PRIMARY KEY,
+    imported_to INTEGER NOT NULL
+);
+"""
+_RECORD_PROGRESS = "INSERT OR REPLACE INTO journal_progress (journal, imported_to) VALUES (?, ?)"
+_FORGET_JOURNAL = "DELETE FROM journal_progress WHERE journal = ?"
+
+Row = Sequence[Any]
+
+
+class JournalUnavailable(Exception):
+    """The journal cannot keep this event: the caller must store it some other way."""
+
+
+def journal_folder(store_path: str) -> str:
+    """The folder of the journals of the store at ``store_path``."""
+    # Not "-journal": that is the name of SQLite's own rollback journal beside the file.
+    return os.path.abspath(store_path) + ".journals"
+
+
+class _Segment:
+    """One journal file of this process, mapped in memory and locked for as long as it lives."""
+
+    def __init__(self, folder: str) -> None:
+        fallocate = getattr(os, "posix_fallocate", None)
+        if fallocate is None:
+            raise JournalUnavailable("this system cannot reserve a journal's space (no posix_fallocate)")
+        self.name = f"{os.getpid()}-{secrets.token_hex(6)}{SUFFIX}"
+        self.path = os.path.join(folder, self.name)
+        # Made under a name no scan looks at, locked, then renamed: a scan for the
+        # journals of dead processes can never take a file whose owner is alive.
+        new_path = os.path.join(folder, "." + self.name + NEW_SUFFIX)
+        fd = os.open(new_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Reserved now: writing into a memory map of a file the disk has no room
+            # for kills the process (SIGBUS).
+            fallocate(fd, 0, SEGMENT_BYTES)
+            self.map = mmap.mmap(fd, SEGMENT_BYTES)
+            os.rename(new_path, self.path)
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(new_path)
+            except OSError:
+                pass
+            raise
+        self.fd = fd
+        # Offset after the last record written, and after the last one in the store.
+        self.end = 0
+        self.imported = 0
+        # No more records go here (a newer file took over).
+        self.retired = False
+
+    def append(self, record: bytes) -> int | None:
+        """Write ``record``; its end offset, or ``None`` when the file has no room (under the journal's lock)."""
+        start = self.end
+        end = start + HEADER.size + len(record)
+        if end > SEGMENT_BYTES:
+            return None
+        # The record first, its header last: a process killed in between leaves a zero
+        # length where the record would start, which ends the file's records.
+        self.map[start + HEADER.size : end] = record
+        HEADER.pack_into(self.map, start, len(record), zlib.crc32(record))
+        self.end = end
+        return end
+
+    @property
+    def finished(self) -> bool:
+        return self.retired and self.imported == self.end
+
+    def delete(self) -> None:
+        """Unlink the file, then let it go (the lock goes with the descriptor)."""
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.map.close()
+            os.close(self.fd)
+            self.fd = -1
+
+
+def read_records(path: str, start: int = 0) -> list[tuple[int, Row]]:
+    """The records of the journal file at ``path`` from offset ``start``: (end offset, row) each.
+
+    Reading stops at a zero length (the end) or at a record that is cut short or does
+    not match its checksum (a process killed while writing it: that event was never
+    answered).
+    """
+    with open(path, "rb") as file:
+        data = file.read()
+    records: list[tuple[int, Row]] = []
+    offset = start
+    while offset + HEADER.size <= len(data):
+        length, checksum = HEADER.unpack_from(data, offset)
+        if length == 0:
+            break
+        end = offset + HEADER.size + length
+        record = data[offset + HEADER.size : end]
+        if end > len(data) or zlib.crc32(record) != checksum:
+            logger.warning("journal %s: a torn record at offset %d ends its events (a write cut off by the process's end)", path, offset)
+            break
+        records.append((end, tuple(orjson.loads(record))))
+        offset = end
+    return records
+
+
+class _ProcessJournal:
+    """The journal state of one process: its file, the events waiting for the store, its thread."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.segment: _Segment | None = None
+        # Files written before ``segment`` whose events are not all in the store yet.
+        self.older: list[_Segment] = []
+        # Events in the journal, not yet in the store, oldest first: (file, end offset, row).
+        self.waiting: list[tuple[_Segment, int, Row]] = []
+        # Taken to append (one memory copy) and to take or give back waiting events.
+        self.lock = threading.Lock()
+        # Held by whoever commits waiting events: one batch at a time, in order.
+        self.importing = threading.Lock()
+        # Set when the first event starts waiting, or when the thread should look again.
+        self.wanted = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.closing = False
+        # The failure being retried, logged once until a commit succeeds again.
+        self.failure: str | None = None
+
+
+class StoreJournal:
+    """Write-behind for the SQLite store at ``committer.path`` (see the module's rules)."""
+
+    def __init__(self, committer: GroupCommitter) -> None:
+        self.committer = committer
+        self.folder = journal_folder(committer.path)
+        self._state: _ProcessJournal | None = None
+        self._start_lock = threading.Lock()
+        self._atexit_pids: set[int] = set()
+
+    # -- the request path ------------------------------------------------------
+
+    def add(self, row: Row) -> None:
+        """Keep ``row`` in this process's journal (raises ``JournalUnavailable`` if it cannot)."""
+        state = self._state
+        if state is None or state.pid != os.getpid():
+            state = self._start()
+        record = orjson.dumps(row)
+        with state.lock:
+            if state.closing:
+                raise JournalUnavailable("the journal is closed")
+            segment = state.segment
+            end = segment.append(record) if segment is not None else None
+            if segment is None or end is None:
+                segment = self._new_segment(state)
+                end = segment.append(record)
+                if end is None:
+                    raise JournalUnavailable(f"an event of {len(record)} bytes does not fit a journal file")
+            state.waiting.append((segment, end, row))
+            waiting = len(state.waiting)
+        if waiting == 1:
+            state.wanted.set()
+        elif waiting >= BATCH_ROWS and state.failure is None and state.importing.acquire(blocking=False):
+            # (While the store fails, only the journal's thread tries it: requests go on at once.)
+            try:
+                self._import(state, REQUEST_IMPORT_PATIENCE)
+            finally:
+                state.importing.release()
+
+    def _new_segment(self, state: _ProcessJournal) -> _Segment:
+        """A new journal file for this process (under its lock), the full one kept until imported."""
+        if len(state.older) >= MAX_WAITING_SEGMENTS:
+            raise JournalUnavailable(f"{len(state.older)} journal files wait for the store ({state.failure or 'it is slow'})")
+        try:
+            os.makedirs(self.folder, mode=0o700, exist_ok=True)
+            segment = _Segment(self.folder)
+        except OSError as exc:
+            raise JournalUnavailable(f"cannot create a journal file in {self.folder}: {exc}") from exc
+        if state.segment is not None:
+            state.segment.retired = True
+            state.older.append(state.segment)
+        state.segment = segment
+        return segment
+
+    # -- committing ------------------------------------------------------------
+
+    def _import(self, state: _ProcessJournal, patience: float) -> bool:
+        """Commit up to MAX_IMPORT waiting events (holding ``state.importing``); ``False`` if the store failed."""
+        with state.lock:
+            batch = state.waiting[:MAX_IMPORT]
+            del state.waiting[:MAX_IMPORT]
+        if not batch:
+            return True
+        progress: dict[_Segment, int] = {}
+        for segment, end, _row in batch:
+            progress[segment] = end
+        try:
+            self.committer.insert_batch(
+                [row for _segment, _end, row in batch],
+                [(_RECORD_PROGRESS, (segment.name, end)) for segment, end in progress.items()],
+                patience,
+            )
+        except GroupCommitError as exc:
+            with state.lock:
+                state.waiting[0:0] = batch  # back at the front, in order
+            if state.failure is None:
+                logger.warning("sqlite %s: %d events wait in the journal: %s; trying again", self.committer.path, len(batch), exc)
+            state.failure = str(exc)
+            return False
+        if state.failure is not None:
+            logger.warning("sqlite %s: the store takes events again; the journal's events are in it", self.committer.path)
+            state.failure = None
+        for segment, end in progress.items():
+            segment.imported = end
+        self._delete_finished(state)
+        return True
+
+    def _delete_finished(self, state: _ProcessJournal) -> None:
+        with state.lock:
+            finished = [segment for segment in state.older if segment.finished]
+            state.older = [segment for segment in state.older if not segment.finished]
+        for segment in finished:
+            # Deleted first, forgotten after: a process killed in between leaves a
+            # progress row without a file (harmless), never a file without its row.
+            segment.delete()
+            self._forget(segment.name)
+
+    def _forget(self, name: str) -> None:
+        try:
+            self.committer.insert_batch([], [(_FORGET_JOURNAL, (name,))], THREAD_IMPORT_PATIENCE)
+        except GroupCommitError as exc:
+            logger.debug("sqlite %s: the progress of journal %s stays (%s)", self.committer.path, name, exc)
+
+    def flush(self, timeout: float = CLOSE_TIMEOUT) -> bool:
+        """Commit every event this process has journaled; ``False`` if the store failed first."""
+        state = self._state
+        if state is None or state.pid != os.getpid():
+            return True
+        deadline = time.monotonic() + timeout
+        with state.importing:
+            while state.waiting:
+                if not self._import(state, max(0.0, deadline - time.monotonic())):
+                    return False
+        return True
+
+    # -- the journal's thread --------------------------------------------------------
+
+    def _start(self) -> _ProcessJournal:
+        with self._start_lock:
+            pid = os.getpid()
+            state = self._state
+            if state is not None and state.pid == pid:
+                return state
+            # One inherited through fork is the parent's: its file, lock and thread stay there.
+            state = _ProcessJournal()
+            thread = threading.Thread(target=self._run, args=(state,), name=f"pixel-wsgi journal {self.committer.path}", daemon=True)
+            state.thread = thread
+            self._state = state
+            if pid not in self._atexit_pids:
+                self._atexit_pids.add(pid)
+                atexit.register(self.close)
+            thread.start()
+            return state
+
+    def _run(self, state: _ProcessJournal) -> None:
+        next_scan = 0.0
+        last_import = 0.0
+        pause = RETRY_FIRST_PAUSE
+        while not state.closing:
+            now = time.monotonic()
+            if now >= next_scan:
+                self.recover_orphans()
+                next_scan = time.monotonic() + ORPHAN_SCAN_INTERVAL
+            if not state.waiting:
+                state.wanted.wait(max(0.0, next_scan - time.monotonic()))
+                state.wanted.clear()
+                continue
+            if time.monotonic() - last_import < BUSY_WITHIN:
+                time.sleep(MAX_DELAY)  # others arriving meanwhile share the commit
+            with state.importing:
+                committed = self._import(state, THREAD_IMPORT_PATIENCE)
+            last_import = time.monotonic()
+            if committed:
+                pause = RETRY_FIRST_PAUSE
+            else:
+                state.wanted.wait(pause)
+                pause = min(pause * 2, RETRY_LONGEST_PAUSE)
+
+    def close(self) -> None:
+        """Commit what waits, stop the thread and delete this process's journal files."""
+        state = self._state
+        if state is None or state.pid != os.getpid():
+            return
+        with state.lock:
+            state.closing = True
+        state.wanted.set()
+        if state.thread is not None and state.thread is not threading.current_thread():
+            state.thread.join(CLOSE_TIMEOUT)
+        self.flush(CLOSE_TIMEOUT)
+        with state.importing:
+            self._close_segments(state)
+        self._state = None
+
+    def _close_segments(self, state: _ProcessJournal) -> None:
+        segments = [*state.older, *([state.segment] if state.segment is not None else [])]
+        state.older, state.segment = [], None
+        for segment in segments:
+            if segment.imported == segment.end:
+                segment.delete()
+                self._forget(segment.name)
+            else:
+                # The store failed: the file stays for the next process to import.
+                logger.warning("sqlite %s: journal %s keeps events not yet in the store", self.committer.path, segment.path)
+                segment.close()
+
+    # -- journals of processes that ended ------------------------------------------
+
+    def recover_orphans(self) -> int:
+        """Commit the events of journals whose process has ended, then delete them; how many events."""
+        try:
+            names = os.listdir(self.folder)
+        except OSError:
+            return 0
+        recovered = 0
+        for name in names:
+            path = os.path.join(self.folder, name)
+            if name.endswith(SUFFIX) and not name.startswith("."):
+                recovered += self._recover_if_orphan(path, name)
+            elif name.startswith(".") and name.endswith(NEW_SUFFIX):
+                # Made by a process that died before it wrote anything in it.
+                self._with_orphan(path, lambda stale=path: os.unlink(stale))
+        return recovered
+
+    def _recover_if_orphan(self, path: str, name: str) -> int:
+        result = self._with_orphan(path, lambda: self._recover(path, name))
+        return result or 0
+
+    @staticmethod
+    def _with_orphan(path: str, action: Any) -> Any:
+        """Run ``action`` holding the file's lock if its process has ended (the lock is free)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return None  # its process lives (or another one is recovering it)
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(path))
+            except OSError:
+                same = False
+            if not same:
+                return None  # deleted or replaced after we opened it: done by another
+            return action()
+        finally:
+            os.close(fd)
+
+    def _recover(self, path: str, name: str) -> int:
+        start = self._imported_to(name)
+        if start is None:
+            return 0  # the store cannot say now: the next scan tries again
+        records = read_records(path, start)
+        for first in range(0, len(records), MAX_IMPORT):
+            chunk = records[first : first + MAX_IMPORT]
+            try:
+                self.committer.insert_batch(
+                    [row for _end, row in chunk], [(_RECORD_PROGRESS, (name, chunk[-1][0]))], THREAD_IMPORT_PATIENCE
+                )
+            except GroupCommitError as exc:
+                logger.warning("sqlite %s: the journal %s of an ended process waits: %s", self.committer.path, path, exc)
+                return first
+        os.unlink(path)
+        self._forget(name)
+        if records:
+            logger.warning(
+                "sqlite %s: %d events committed from the journal of an ended process (%s)", self.committer.path, len(records), name
+            )
+        return len(records)
+
+    def _imported_to(self, name: str) -> int | None:
+        """How far the journal ``name`` is in the store: 0 if the store has no record of
+        it (no file, no table, no row), ``None`` if the store cannot be read now."""
+        if not os.path.exists(self.committer.path):
+            return 0
+        try:
+            connection = sqlite3.connect(database_uri(self.committer.path, "ro"), uri=True)
+            try:
+                tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if "journal_progress" not in tables:
+                    return 0
+                row = connection.execute("SELECT imported_to FROM journal_progress WHERE journal = ?", (name,)).fetchone()
+            finally:
+                connection.close()
+        except sqlite3.Error as exc:
+            logger.debug("sqlite %s: cannot read the journals' progress (%s)", self.committer.path, exc)
+            return None
+        return int(row[0]) if row else 0

@@ -1,0 +1,183 @@
+"""The SQLite store's journal: events answered before their commit are never lost or stored twice.
+
+Real processes killed with SIGKILL, a real write lock held by another process, real
+journal files: the journal's promise is what happens when things go wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pixel_wsgi.config import build_destination
+from pixel_wsgi.destinations import Payload
+from pixel_wsgi.destinations.sqlite import read_events, recover_journals
+from pixel_wsgi.journal import HEADER, journal_folder, read_records
+from tests.support.processes import environment
+from tests.test_group_commit import WriteLock
+
+# Delivers argv[2] events, flushes after argv[3] of them (0: never), then kills itself:
+# no atexit, no close, as the kernel's OOM killer or an operator's kill -9 would.
+KILLED_WRITER = """
+import os, signal, sys
+from pixel_wsgi.config import build_destination
+from pixel_wsgi.destinations import Payload
+
+path, count, flush_after = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+destination = build_destination("store", {"type": "sqlite", "path": path})
+for number in range(count):
+    destination.deliver(Payload({"type": "track", "messageId": f"m-{number}", "receivedAt": "now"}, "web"))
+    if number + 1 == flush_after:
+        assert destination.flush()
+print("delivered", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def run_killed_writer(store: Path, count: int, flush_after: int = 0) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-c", KILLED_WRITER, str(store), str(count), str(flush_after)],
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == -signal.SIGKILL, completed.stderr
+    assert completed.stdout.strip() == "delivered"
+
+
+def message_ids(store: Path) -> list[str]:
+    return [row["message_id"] for row in read_events(str(store))] if store.exists() else []
+
+
+def journal_files(store: Path) -> list[Path]:
+    folder = Path(journal_folder(str(store)))
+    return sorted(folder.iterdir()) if folder.exists() else []
+
+
+def test_events_of_a_killed_process_are_committed_by_the_next_one(tmp_path: Path) -> None:
+    store = tmp_path / "events.sqlite3"
+    # Many events, so that most are still in the journal when the process dies.
+    run_killed_writer(store, 2000)
+    assert len(journal_files(store)) == 1
+    assert recover_journals(str(store)) + len(message_ids(store)) >= 2000
+    ids = message_ids(store)
+    assert len(ids) == len(set(ids)) == 2000
+    assert journal_files(store) == []
+
+
+def test_what_was_committed_before_the_kill_is_not_committed_twice(tmp_path: Path) -> None:
+    """The journal's progress is committed with its rows: recovery starts after them."""
+    store = tmp_path / "events.sqlite3"
+    run_killed_writer(store, 150, flush_after=100)
+    assert len(message_ids(store)) >= 100
+    recover_journals(str(store))
+    ids = message_ids(store)
+    assert sorted(ids) == sorted(f"m-{number}" for number in range(150))
+
+
+def test_pixel_wsgi_events_shows_what_a_killed_server_answered(tmp_path: Path) -> None:
+    store = tmp_path / "events.sqlite3"
+    run_killed_writer(store, 40)
+    completed = subprocess.run(
+        [str(Path(sys.executable).parent / "pixel-wsgi"), "events", "--db", str(store), "--json", "--last", "100"],
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert len(completed.stdout.splitlines()) == 40
+
+
+def test_a_live_process_keeps_its_journal(tmp_path: Path) -> None:
+    """Recovery takes only journals whose process has ended: a living one's ``flock`` is held."""
+    store = tmp_path / "events.sqlite3"
+    destination = build_destination("store", {"type": "sqlite", "path": str(store)})
+    lock = WriteLock_after_setup(destination, store)
+    try:
+        destination.deliver(Payload({"type": "track", "messageId": "m-live", "receivedAt": "now"}, "web"))
+        assert recover_journals(str(store)) == 0
+        assert len(journal_files(store)) == 1
+    finally:
+        lock.release()
+        destination.close()
+    assert message_ids(store) == ["m-setup", "m-live"]
+    assert journal_files(store) == []  # a clean close leaves nothing behind
+
+
+def WriteLock_after_setup(destination, store: Path) -> WriteLock:  # noqa: N802 - reads as the lock it returns
+    """The store set up with one event, then its write lock held by another connection."""
+    destination.deliver(Payload({"type": "track", "messageId": "m-setup", "receivedAt": "now"}, "web"))
+    assert destination.flush()
+    return WriteLock(store)
+
+
+def test_a_locked_store_costs_the_request_nothing_and_gets_the_event_afterwards(tmp_path: Path) -> None:
+    """Another process holds the store's write lock: the event waits in the journal (not
+    in the spool), the answer is immediate, and the event is committed once the lock goes."""
+    store = tmp_path / "events.sqlite3"
+    destination = build_destination("store", {"type": "sqlite", "path": str(store)})
+    lock = WriteLock_after_setup(destination, store)
+    try:
+        started = time.monotonic()
+        for number in range(50):
+            destination.deliver_within(Payload({"type": "track", "messageId": f"m-{number}", "receivedAt": "now"}, "web"), 0.5)
+        assert time.monotonic() - started < 0.5  # 50 events, not 50 lock waits
+        time.sleep(0.3)
+        assert message_ids(store) == ["m-setup"]
+    finally:
+        lock.release()
+    try:
+        deadline = time.monotonic() + 10
+        while len(message_ids(store)) < 51 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the journal's thread tries again by itself
+        assert message_ids(store) == ["m-setup", *(f"m-{number}" for number in range(50))]
+    finally:
+        destination.close()
+
+
+def test_a_torn_record_ends_the_journal_and_the_events_before_it_are_kept(tmp_path: Path) -> None:
+    store = tmp_path / "events.sqlite3"
+    run_killed_writer(store, 3)
+    [journal] = journal_files(store)
+    records = read_records(str(journal))
+    assert len(records) == 3
+    # A fourth record cut off by the process's end: a length and checksum, half its bytes.
+    with open(journal, "r+b") as file:
+        file.seek(records[-1][0])
+        file.write(HEADER.pack(100, 12345) + b'["half')
+    assert len(read_records(str(journal))) == 3
+    recover_journals(str(store))
+    assert sorted(message_ids(store)) == ["m-0", "m-1", "m-2"]
+
+
+def test_journal_files_are_private_and_their_space_is_reserved(tmp_path: Path) -> None:
+    store = tmp_path / "events.sqlite3"
+    previous = os.umask(0o022)
+    destination = build_destination("store", {"type": "sqlite", "path": str(store)})
+    try:
+        destination.deliver(Payload({"type": "track", "messageId": "m-1", "receivedAt": "now"}, "web"))
+        [journal] = journal_files(store)
+        assert oct(journal.stat().st_mode & 0o777) == "0o600"
+        assert oct(journal.parent.stat().st_mode & 0o777) == "0o700"
+        # posix_fallocate: blocks on disk, so a full disk fails the creation, not a write.
+        assert journal.stat().st_blocks * 512 >= journal.stat().st_size > 0
+    finally:
+        destination.close()
+        os.umask(previous)
+
+
+def test_without_the_journal_every_event_is_committed_before_the_answer(tmp_path: Path) -> None:
+    store = tmp_path / "events.sqlite3"
+    destination = build_destination("store", {"type": "sqlite", "path": str(store), "journal": False})
+    try:
+        destination.deliver(Payload({"type": "track", "messageId": "m-direct", "receivedAt": "now"}, "web"))
+        assert message_ids(store) == ["m-direct"]
+        assert journal_files(store) == []
+    finally:
+        destination.close()
