@@ -278,8 +278,8 @@ class PixelApp:
             if source.unknown_params == "reject":
                 raise bad_parameter(f"unknown parameter{'s' if len(unknown_keys) > 1 else ''}: {', '.join(unknown_keys)}")
             if source.unknown_params == "keep":
-                extra = nest({key: grouped[key] for key in unknown_keys}, self.config.limits)
-        nested = nest({key: grouped[key] for key in known_keys}, self.config.limits)
+                extra = nest(grouped, self.config.limits, unknown_keys)
+        nested = nest(grouped, self.config.limits, known_keys)
         try:
             loaded = self.schemas.load(event_type, nested, infer_types=source.infer_types)
         except ValidationError as error:

@@ -39,16 +39,32 @@ def split_query(query: str, limits: Limits) -> Dict[str, List[str]]:
     grouped: Dict[str, List[str]] = {}
     if not query:
         return grouped
-    pieces = [piece for piece in query.split("&") if piece]
+    pieces = query.split("&")
     if len(pieces) > limits.max_params:
-        raise bad_parameter(f"too many parameters: {len(pieces)}, the limit is {limits.max_params}")
+        count = sum(1 for piece in pieces if piece)
+        if count > limits.max_params:
+            raise bad_parameter(f"too many parameters: {count}, the limit is {limits.max_params}")
     max_key_length = limits.max_key_length
+    decoded_keys = _decoded_keys
+    decoded_values = _decoded_values
     for piece in pieces:
+        if not piece:
+            continue
         raw_key, _, raw_value = piece.partition("=")
-        key = _decode_key(raw_key, max_key_length)
-        # Most values are plain ASCII: skip the call when there is nothing to decode.
+        key = decoded_keys.get(raw_key)
+        if key is None:
+            key = _decode_key(raw_key)
+            if len(raw_key) <= MAX_REMEMBERED_LENGTH:
+                _remember(decoded_keys, raw_key, key)
+        if len(key) > max_key_length:
+            raise bad_parameter(f"parameter name longer than the limit of {max_key_length} characters: {key[:40]!r}…")
+        # Most values are plain ASCII: nothing to decode, nothing to look up.
         if "%" in raw_value or "+" in raw_value or not raw_value.isascii():
-            value = _decode(raw_value, key)
+            value = decoded_values.get(raw_value)
+            if value is None:
+                value = _decode(raw_value, key)
+                if len(raw_value) <= MAX_REMEMBERED_LENGTH:
+                    _remember(decoded_values, raw_value, value)
         else:
             value = raw_value
         values = grouped.get(key)
@@ -59,12 +75,28 @@ def split_query(query: str, limits: Limits) -> Dict[str, List[str]]:
     return grouped
 
 
-@lru_cache(maxsize=4096)
-def _decode_key(raw_key: str, max_key_length: int) -> str:
-    """A parameter name, decoded and checked; cached, as a template sends the same names."""
+# Decoded parameter names and escaped values, by their text as sent. A pixel template
+# sends the same names on every request, and most escaped values repeat as well (a
+# page's URL, path and title, a campaign's name, an event name with spaces): a lookup
+# costs a tenth of decoding one. Only text that decoded without error is kept; each
+# table is emptied when it reaches MAX_REMEMBERED_TEXTS entries, and text longer than
+# MAX_REMEMBERED_LENGTH (rarely repeated) is never kept, which caps the memory at a
+# few megabytes whatever clients send.
+MAX_REMEMBERED_TEXTS = 4096
+MAX_REMEMBERED_LENGTH = 200
+_decoded_keys: Dict[str, str] = {}
+_decoded_values: Dict[str, str] = {}
+
+
+def _remember(table: Dict[str, str], raw: str, decoded: str) -> None:
+    if len(table) >= MAX_REMEMBERED_TEXTS:
+        table.clear()
+    table[raw] = decoded
+
+
+def _decode_key(raw_key: str) -> str:
+    """A parameter name, decoded and checked (but for its length, which is per app)."""
     key = _decode(raw_key, None)
-    if len(key) > max_key_length:
-        raise bad_parameter(f"parameter name longer than the limit of {max_key_length} characters: {key[:40]!r}…")
     if _CONTROL_CHARACTER.search(key):
         raise bad_parameter(f"parameter name with a control character: {key!r}")
     if not key:
@@ -192,12 +224,16 @@ def _nest_plans(keys: Tuple[str, ...], max_depth: int, max_index: int) -> Tuple[
     return tuple(_nest_plan(key, max_depth, max_index) for key in keys)
 
 
-def nest(grouped: Dict[str, List[str]], limits: Limits) -> Dict[str, Any]:
-    """Build the nested structure; every key must already have passed ``split_query``."""
+def nest(grouped: Dict[str, List[str]], limits: Limits, keys: Tuple[str, ...] | None = None) -> Dict[str, Any]:
+    """Build the nested structure of ``keys`` (by default all) of ``grouped``, whose keys
+    must already have passed ``split_query``."""
+    if keys is None:
+        keys = tuple(grouped)
     root: Dict[str, Any] = {}
     arrays: List[Tuple[Any, Segment, _Indexed, Path]] = []
-    plans = _nest_plans(tuple(grouped), limits.max_depth, limits.max_array_index)
-    for (key, values), (steps, last, path, append) in zip(grouped.items(), plans):
+    plans = _nest_plans(keys, limits.max_depth, limits.max_array_index)
+    for key, (steps, last, path, append) in zip(keys, plans):
+        values = grouped[key]
         if append:
             value: Any = list(values)
         else:
@@ -210,10 +246,10 @@ def nest(grouped: Dict[str, List[str]], limits: Limits) -> Dict[str, Any]:
                 if kind is _Indexed:
                     arrays.append((container, segment, child, prefix))
             elif type(child) is not kind:  # a value, or an object where an array is wanted
-                raise _conflict(key, prefix, grouped, limits)
+                raise _conflict(key, prefix, keys, limits)
             container = child
         if last in container:
-            raise _conflict(key, path, grouped, limits)
+            raise _conflict(key, path, keys, limits)
         container[last] = value
     # Innermost arrays were registered last: finishing them first lets each parent
     # array collect finished lists.
@@ -226,9 +262,9 @@ def nest(grouped: Dict[str, List[str]], limits: Limits) -> Dict[str, Any]:
     return root
 
 
-def _conflict(key: str, path: Path, grouped: Dict[str, List[str]], limits: Limits) -> RequestRejected:
+def _conflict(key: str, path: Path, keys: Tuple[str, ...], limits: Limits) -> RequestRejected:
     """Name both parameters that claim ``path`` for different kinds of value."""
-    for other in grouped:
+    for other in keys:
         if other == key:
             break  # only the keys before this one are in the structure so far
         other_path = parse_key(other, limits.max_depth, limits.max_array_index)

@@ -15,6 +15,8 @@ import pytest
 from marshmallow import ValidationError
 from webtest import TestApp
 
+from pixel_wsgi import parsing
+from pixel_wsgi.errors import RequestRejected
 from pixel_wsgi.event import new_message_id, utc_timestamp
 from pixel_wsgi.schemas import MAX_CACHED_SCHEMAS, EventSchemas
 from pixel_wsgi.testing import memory_app
@@ -152,6 +154,47 @@ def test_an_error_is_not_cached_as_an_answer():
         client.get(base + "&properties.x=1", status=200)
     assert [event["properties"] for event in events] == [{"x": "1"}, {"x": "1"}]
     app.close()
+
+
+def test_remembered_names_and_values_decode_like_the_first_time():
+    """The second request with the same escapes decodes to the same text; a refusal stays a refusal."""
+    app, events = memory_app(WRITE_KEY)
+    client = TestApp(app)
+    query = f"writeKey={WRITE_KEY}&anonymousId=a&name=Caf%C3%A9+Menu&context.page.url=https%3A%2F%2Fx.example%2F%3Fq%3D1"
+    for _ in range(3):
+        client.get(f"/pixel/v1/page?{query}", status=200)
+        assert "not valid UTF-8" in client.get(f"/pixel/v1/page?{query}&properties.bad=%FF", status=400).text
+    assert {(event["name"], event["context"]["page"]["url"]) for event in events} == {("Café Menu", "https://x.example/?q=1")}
+    assert len(events) == 3
+    app.close()
+
+
+def test_a_remembered_name_is_held_to_each_apps_own_length_limit():
+    """Names are remembered per process, their length limit is per app: both orders refuse the long name."""
+    name = "properties." + "n" * 40
+    strict, _ = memory_app(WRITE_KEY, limits={"max_key_length": 32})
+    lenient, events = memory_app(WRITE_KEY, limits={"max_key_length": 64})
+    query = f"/pixel/v1/page?writeKey={WRITE_KEY}&anonymousId=a&{name}=1"
+    for _ in range(2):
+        TestApp(lenient).get(query, status=200)
+        assert "longer than the limit of 32" in TestApp(strict).get(query, status=400).text
+    assert [event["properties"] for event in events] == [{"n" * 40: "1"}] * 2
+    strict.close()
+    lenient.close()
+
+
+def test_remembered_texts_are_bounded_whatever_clients_send():
+    """Thousands of different escaped values, and long ones, never grow the tables past their bound."""
+    limits = memory_app(WRITE_KEY)[0].config.limits
+    for number in range(3 * parsing.MAX_REMEMBERED_TEXTS):
+        grouped = parsing.split_query(f"k%5F{number}=v%20{number}&long={'%41' * 300}{number}", limits)
+        assert grouped == {f"k_{number}": [f"v {number}"], "long": ["A" * 300 + str(number)]}
+        assert len(parsing._decoded_values) <= parsing.MAX_REMEMBERED_TEXTS
+        assert len(parsing._decoded_keys) <= parsing.MAX_REMEMBERED_TEXTS
+    assert all(len(raw) <= parsing.MAX_REMEMBERED_LENGTH for raw in parsing._decoded_values)
+    with pytest.raises(RequestRejected, match="control character"):
+        parsing.split_query("k%01=1", limits)
+    assert "k%01" not in parsing._decoded_keys
 
 
 @pytest.mark.parametrize(
