@@ -243,7 +243,10 @@ class StoreJournal:
         state = self._state
         if state is None or state.pid != os.getpid():
             state = self._start()
-        record = orjson.dumps(row)
+        try:
+            record = orjson.dumps(row)
+        except orjson.JSONEncodeError as exc:  # not text SQLite could take either: let the store say so
+            raise JournalUnavailable(f"the event cannot be journaled: {exc}") from exc
         with state.lock:
             if state.closing:
                 raise JournalUnavailable("the journal is closed")
