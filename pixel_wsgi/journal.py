@@ -76,6 +76,10 @@ MAX_IMPORT = 500
 # Journal files with events not yet in the store, at most: past this (the store has
 # failed for thousands of events) events are committed directly, or fail and are spooled.
 MAX_WAITING_SEGMENTS = 16
+# Waiting events also kept in memory, at most: the rest (while the store is locked or
+# failing) are read back from their file when they are committed, so that a worker's
+# memory does not grow with an outage of the store.
+MAX_ROWS_IN_MEMORY = 4096
 # How long a request that commits a batch waits for another process's write lock;
 # the journal's thread tries again later, with the events safe in the journal.
 REQUEST_IMPORT_PATIENCE = 0.05
@@ -160,6 +164,11 @@ class _Segment:
         self.end = end
         return end
 
+    def row_at(self, start: int) -> Row:
+        """The row of the record written at ``start`` (one this process wrote: it is whole)."""
+        length = HEADER.unpack_from(self.map, start)[0]
+        return tuple(orjson.loads(self.map[start + HEADER.size : start + HEADER.size + length]))
+
     @property
     def finished(self) -> bool:
         return self.retired and self.imported == self.end
@@ -212,8 +221,9 @@ class _ProcessJournal:
         self.segment: _Segment | None = None
         # Files written before ``segment`` whose events are not all in the store yet.
         self.older: list[_Segment] = []
-        # Events in the journal, not yet in the store, oldest first: (file, end offset, row).
-        self.waiting: list[tuple[_Segment, int, Row]] = []
+        # Events in the journal, not yet in the store, oldest first: (file, start and end
+        # offsets of the record, the row or ``None`` if it is only in the file).
+        self.waiting: list[tuple[_Segment, int, int, Row | None]] = []
         # Taken to append (one memory copy) and to take or give back waiting events.
         self.lock = threading.Lock()
         # Held by whoever commits waiting events: one batch at a time, in order.
@@ -251,14 +261,16 @@ class StoreJournal:
             if state.closing:
                 raise JournalUnavailable("the journal is closed")
             segment = state.segment
+            start = segment.end if segment is not None else 0
             end = segment.append(record) if segment is not None else None
             if segment is None or end is None:
                 segment = self._new_segment(state)
+                start = 0
                 end = segment.append(record)
                 if end is None:
                     raise JournalUnavailable(f"an event of {len(record)} bytes does not fit a journal file")
-            state.waiting.append((segment, end, row))
-            waiting = len(state.waiting)
+            waiting = len(state.waiting) + 1
+            state.waiting.append((segment, start, end, row if waiting <= MAX_ROWS_IN_MEMORY else None))
         if waiting == 1:
             state.wanted.set()
         elif waiting >= BATCH_ROWS and state.failure is None and state.importing.acquire(blocking=False):
@@ -293,11 +305,11 @@ class StoreJournal:
         if not batch:
             return True
         progress: dict[_Segment, int] = {}
-        for segment, end, _row in batch:
+        for segment, _start, end, _row in batch:
             progress[segment] = end
         try:
             self.committer.insert_batch(
-                [row for _segment, _end, row in batch],
+                [row if row is not None else segment.row_at(start) for segment, start, _end, row in batch],
                 [(_RECORD_PROGRESS, (segment.name, end)) for segment, end in progress.items()],
                 patience,
             )

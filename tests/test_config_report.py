@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -223,8 +224,16 @@ def test_events_follow_goes_on_across_an_archived_store(tmp_path):
 
     send(0, 1, 2, 3, 4)
     follower = subprocess.Popen([PIXEL_WSGI, "events", "--db", str(db), "--follow", "--json"], stdout=subprocess.PIPE, text=True)
+    shown: list[str] = []
+    reader = threading.Thread(target=lambda: shown.extend(json.loads(line)["messageId"] for line in follower.stdout), daemon=True)
+    reader.start()
     try:
-        time.sleep(1.0)
+        # The follower must have read the first file before it is archived (a loaded
+        # machine can take over a second to start it).
+        deadline = time.monotonic() + 30
+        while len(shown) < 5:
+            assert time.monotonic() < deadline and follower.poll() is None, shown
+            time.sleep(0.05)
         send(5)
         for suffix in ("", "-wal", "-shm"):
             os.rename(f"{db}{suffix}", tmp_path / f"archived.sqlite3{suffix}")
@@ -234,9 +243,11 @@ def test_events_follow_goes_on_across_an_archived_store(tmp_path):
         time.sleep(3.5)  # ROTATION_GRACE and two polls
     finally:
         follower.terminate()
-        output, _ = follower.communicate(timeout=10)
+        follower.wait(timeout=10)
+        reader.join(10)
+        assert follower.stdout is not None
+        follower.stdout.close()
         app.close()
-    shown = [json.loads(line)["messageId"] for line in output.splitlines()]
     assert shown == [f"m-{number}" for number in range(9)]
     archived = [row["message_id"] for row in read_events(str(tmp_path / "archived.sqlite3"))]
     assert archived == [f"m-{number}" for number in range(7)]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from pixel_wsgi import journal
 from pixel_wsgi.config import build_destination
 from pixel_wsgi.destinations import Payload
 from pixel_wsgi.destinations.sqlite import read_events, recover_journals
@@ -31,6 +32,7 @@ from tests.test_group_commit import WriteLock
 # no atexit, no close, as the kernel's OOM killer or an operator's kill -9 would.
 KILLED_WRITER = """
 import os, signal, sys
+from pixel_wsgi import journal
 from pixel_wsgi.config import build_destination
 from pixel_wsgi.destinations import Payload
 
@@ -144,6 +146,29 @@ def test_a_locked_store_costs_the_request_nothing_and_gets_the_event_afterwards(
         while len(message_ids(store)) < 51 and time.monotonic() < deadline:
             time.sleep(0.05)  # the journal's thread tries again by itself
         assert message_ids(store) == ["m-setup", *(f"m-{number}" for number in range(50))]
+    finally:
+        destination.close()
+
+
+def test_events_waiting_past_the_memory_bound_are_read_back_from_the_file(tmp_path: Path, monkeypatch) -> None:
+    """While the store is locked, only the first events waiting are also kept in memory;
+    the others are read back from the journal file when the lock goes, in order."""
+    monkeypatch.setattr(journal, "MAX_ROWS_IN_MEMORY", 10)
+    store = tmp_path / "events.sqlite3"
+    destination = build_destination("store", {"type": "sqlite", "path": str(store)})
+    lock = WriteLock_after_setup(destination, store)
+    try:
+        for number in range(50):
+            destination.deliver_within(Payload({"type": "track", "messageId": f"m-{number}", "receivedAt": "now"}, "web"), 0.5)
+        state = destination._journal._state
+        with state.importing:  # no commit under way: every event is in the list
+            assert [row is None for _segment, _start, _end, row in state.waiting] == [False] * 10 + [True] * 40
+    finally:
+        lock.release()
+    try:
+        assert destination.flush()
+        assert message_ids(store) == ["m-setup", *(f"m-{number}" for number in range(50))]
+        assert read_events(str(store))[-1]["event"]["messageId"] == "m-49"
     finally:
         destination.close()
 

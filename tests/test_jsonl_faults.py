@@ -70,6 +70,11 @@ def test_logrotate_rename_and_delete_under_load_loses_nothing(tmp_path):
             clients = [pool.submit(client, number) for number in range(4)]
             try:
                 time.sleep(1.0)
+                # On a loaded machine the workers may take longer than that to boot.
+                deadline = time.monotonic() + 30
+                while not (path.exists() and path.stat().st_size):
+                    assert time.monotonic() < deadline, "no event written in 30 s"
+                    time.sleep(0.05)
                 os.rename(path, tmp_path / "events.jsonl.1")
                 time.sleep(1.5)
                 rotated_text = (tmp_path / "events.jsonl.1").read_text(encoding="utf-8")
