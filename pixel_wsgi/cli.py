@@ -297,14 +297,15 @@ def _banner(app: PixelApp, args: argparse.Namespace, port: int, write_key: str |
 def command_events(args: argparse.Namespace) -> int:
     """What the SQLite store holds: a table, or one JSON event per line; with --follow,
     then every event as it arrives (the store may not exist yet: it is waited for)."""
-    if not os.path.exists(args.db) and not args.follow:
-        return _fail(f"{args.db}: no such event store (run `pixel-wsgi serve` first, or pass --db FILE)", 1)
     show = _show_json if args.json else _show_row
     try:
-        # Events answered by a server that was killed are in its journal, not yet in the store.
+        # Events answered by a server that was killed are in its journal, not yet in the
+        # store (which may not even exist any more: they then start a new one).
         recover_journals(args.db)
     except (OSError, sqlite3.Error) as exc:
         print(f"pixel-wsgi: {args.db}: the journals of ended servers stay for now ({exc})", file=sys.stderr)
+    if not os.path.exists(args.db) and not args.follow:
+        return _fail(f"{args.db}: no such event store (run `pixel-wsgi serve` first, or pass --db FILE)", 1)
     if not args.json:
         print(_table_line(EVENT_COLUMNS), flush=True)
     last = args.last or None

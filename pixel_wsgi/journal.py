@@ -64,8 +64,13 @@ SEGMENT_BYTES = 4 << 20
 # A record: its length and CRC-32, then the row as JSON. A zero length ends the file's
 # records (a new file reads as zeros).
 HEADER = struct.Struct("<II")
-# Waiting events that make the request bringing the last of them commit them all.
+# Waiting events that make the request bringing the last of them commit them all; and
+# how old the oldest waiting event must be for any request to commit them. A busy
+# worker's request threads keep the GIL, so its journal thread can wait tens of
+# milliseconds for its turn: under load, requests commit, and readers see each event
+# within about REQUEST_COMMIT_AGE.
 BATCH_ROWS = 32
+REQUEST_COMMIT_AGE = 0.01
 # Seconds the first waiting event waits for others before the journal's thread commits
 # it, when the thread committed less than BUSY_WITHIN seconds before (events are
 # arriving fast); a lone event after a quiet spell is committed at once.
@@ -75,7 +80,7 @@ BUSY_WITHIN = 0.05
 MAX_IMPORT = 500
 # Journal files with events not yet in the store, at most: past this (the store has
 # failed for thousands of events) events are committed directly, or fail and are spooled.
-MAX_WAITING_SEGMENTS = 16
+MAX_WAITING_SEGMENTS = 4
 # Waiting events also kept in memory, at most: the rest (while the store is locked or
 # failing) are read back from their file when they are committed, so that a worker's
 # memory does not grow with an outage of the store.
@@ -90,6 +95,12 @@ RETRY_FIRST_PAUSE = 0.05
 RETRY_LONGEST_PAUSE = 2.0
 # Seconds between two looks for journals left by processes that ended.
 ORPHAN_SCAN_INTERVAL = 5.0
+# Seconds between two checks that this process's files are still there: one deleted by
+# hand (or with its folder) is made again, so that its waiting events survive a kill.
+FILE_CHECK_INTERVAL = 0.25
+# A file being created is locked at once; one under its temporary name for this long
+# was left by a process that died in between, and a scan removes it.
+NEW_FILE_GRACE = 60.0
 # How long ``close()`` waits for the store.
 CLOSE_TIMEOUT = 10.0
 SUFFIX = ".journal"
@@ -121,35 +132,31 @@ class _Segment:
     """One journal file of this process, mapped in memory and locked for as long as it lives."""
 
     def __init__(self, folder: str) -> None:
-        fallocate = getattr(os, "posix_fallocate", None)
-        if fallocate is None:
-            raise JournalUnavailable("this system cannot reserve a journal's space (no posix_fallocate)")
         self.name = f"{os.getpid()}-{secrets.token_hex(6)}{SUFFIX}"
+        self.folder = folder
         self.path = os.path.join(folder, self.name)
-        # Made under a name no scan looks at, locked, then renamed: a scan for the
-        # journals of dead processes can never take a file whose owner is alive.
-        new_path = os.path.join(folder, "." + self.name + NEW_SUFFIX)
-        fd = os.open(new_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            # Reserved now: writing into a memory map of a file the disk has no room
-            # for kills the process (SIGBUS).
-            fallocate(fd, 0, SEGMENT_BYTES)
-            self.map = mmap.mmap(fd, SEGMENT_BYTES)
-            os.rename(new_path, self.path)
-        except BaseException:
-            os.close(fd)
-            try:
-                os.unlink(new_path)
-            except OSError:
-                pass
-            raise
-        self.fd = fd
+        self.fd, self.map = _create_locked_file(folder, self.name)
         # Offset after the last record written, and after the last one in the store.
         self.end = 0
         self.imported = 0
         # No more records go here (a newer file took over).
         self.retired = False
+
+    def is_deleted(self) -> bool:
+        """Whether the file was deleted or moved away (an operator cleaning up, a folder removed)."""
+        try:
+            return not os.path.samestat(os.fstat(self.fd), os.stat(self.path))
+        except OSError:
+            return True
+
+    def make_again(self) -> None:
+        """Write the records into a new file under the same name and go on with it: the
+        events waiting in a deleted file would otherwise die with this process. Same
+        name, same offsets, so the progress recorded in the store still applies."""
+        fd, new_map = _create_locked_file(self.folder, self.name)
+        new_map[: self.end] = self.map[: self.end]
+        self.close()
+        self.fd, self.map = fd, new_map
 
     def append(self, record: bytes) -> int | None:
         """Write ``record``; its end offset, or ``None`` when the file has no room (under the journal's lock)."""
@@ -179,6 +186,9 @@ class _Segment:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            # All its events are in the store: another process's scan removes it later.
+            logger.warning("journal %s: cannot delete it (%s); its events are in the store", self.path, exc)
         self.close()
 
     def close(self) -> None:
@@ -186,6 +196,47 @@ class _Segment:
             self.map.close()
             os.close(self.fd)
             self.fd = -1
+
+
+def _create_locked_file(folder: str, name: str) -> tuple[int, mmap.mmap]:
+    """A new journal file ``name`` in ``folder`` (made if missing, 0700): locked, its space
+    reserved, mapped in memory."""
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is None:
+        raise JournalUnavailable("this system cannot reserve a journal's space (no posix_fallocate)")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    # Made under a name no scan takes (a scan removes such a file only when it is old
+    # and unlocked), locked, then renamed: a scan for the journals of ended processes
+    # can never take a file whose owner is alive.
+    new_path = os.path.join(folder, "." + name + NEW_SUFFIX)
+    path = os.path.join(folder, name)
+    fd = os.open(new_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Reserved now: writing into a memory map of a file the disk has no room for
+        # kills the process (SIGBUS).
+        fallocate(fd, 0, SEGMENT_BYTES)
+        mapped = mmap.mmap(fd, SEGMENT_BYTES)
+        try:
+            os.rename(new_path, path)
+        except BaseException:
+            mapped.close()
+            raise
+    except BaseException:
+        os.close(fd)
+        try:
+            os.unlink(new_path)
+        except OSError:
+            pass
+        raise
+    return fd, mapped
+
+
+def _older_than(path: str, seconds: float) -> bool:
+    try:
+        return time.time() - os.stat(path).st_mtime > seconds
+    except OSError:
+        return False
 
 
 def read_records(path: str, start: int = 0) -> list[tuple[int, Row]]:
@@ -234,6 +285,8 @@ class _ProcessJournal:
         self.closing = False
         # The failure being retried, logged once until a commit succeeds again.
         self.failure: str | None = None
+        # When the oldest waiting event arrived (monotonic clock).
+        self.oldest_at = 0.0
 
 
 class StoreJournal:
@@ -271,12 +324,21 @@ class StoreJournal:
                     raise JournalUnavailable(f"an event of {len(record)} bytes does not fit a journal file")
             waiting = len(state.waiting) + 1
             state.waiting.append((segment, start, end, row if waiting <= MAX_ROWS_IN_MEMORY else None))
+            now = time.monotonic()
+            if waiting == 1:
+                state.oldest_at = now
         if waiting == 1:
             state.wanted.set()
-        elif waiting >= BATCH_ROWS and state.failure is None and state.importing.acquire(blocking=False):
-            # (While the store fails, only the journal's thread tries it: requests go on at once.)
+        elif (
+            (waiting >= BATCH_ROWS or now - state.oldest_at >= REQUEST_COMMIT_AGE)
+            # While the store fails, only the journal's thread tries it: requests go on at once.
+            and state.failure is None
+            and state.importing.acquire(blocking=False)
+        ):
             try:
                 self._import(state, REQUEST_IMPORT_PATIENCE)
+            except Exception:  # the event is kept: its answer must not depend on the others' commit
+                logger.exception("sqlite %s: committing the journal's events failed; its thread tries again", self.committer.path)
             finally:
                 state.importing.release()
 
@@ -285,7 +347,6 @@ class StoreJournal:
         if len(state.older) >= MAX_WAITING_SEGMENTS:
             raise JournalUnavailable(f"{len(state.older)} journal files wait for the store ({state.failure or 'it is slow'})")
         try:
-            os.makedirs(self.folder, mode=0o700, exist_ok=True)
             segment = _Segment(self.folder)
         except OSError as exc:
             raise JournalUnavailable(f"cannot create a journal file in {self.folder}: {exc}") from exc
@@ -302,6 +363,7 @@ class StoreJournal:
         with state.lock:
             batch = state.waiting[:MAX_IMPORT]
             del state.waiting[:MAX_IMPORT]
+            state.oldest_at = time.monotonic()  # (for those left: no older than this batch's commit)
         if not batch:
             return True
         progress: dict[_Segment, int] = {}
@@ -376,28 +438,49 @@ class StoreJournal:
             return state
 
     def _run(self, state: _ProcessJournal) -> None:
-        next_scan = 0.0
+        next_scan = next_file_check = 0.0
         last_import = 0.0
         pause = RETRY_FIRST_PAUSE
         while not state.closing:
-            now = time.monotonic()
-            if now >= next_scan:
-                self.recover_orphans()
-                next_scan = time.monotonic() + ORPHAN_SCAN_INTERVAL
-            if not state.waiting:
-                state.wanted.wait(max(0.0, next_scan - time.monotonic()))
-                state.wanted.clear()
-                continue
-            if time.monotonic() - last_import < BUSY_WITHIN:
-                time.sleep(MAX_DELAY)  # others arriving meanwhile share the commit
-            with state.importing:
-                committed = self._import(state, THREAD_IMPORT_PATIENCE)
-            last_import = time.monotonic()
+            try:
+                now = time.monotonic()
+                if now >= next_scan:
+                    self.recover_orphans()
+                    next_scan = time.monotonic() + ORPHAN_SCAN_INTERVAL
+                if now >= next_file_check:
+                    self._make_deleted_files_again(state)
+                    next_file_check = now + FILE_CHECK_INTERVAL
+                if not state.waiting:
+                    state.wanted.wait(max(0.0, min(next_scan, next_file_check) - time.monotonic()))
+                    state.wanted.clear()
+                    continue
+                if time.monotonic() - last_import < BUSY_WITHIN:
+                    time.sleep(MAX_DELAY)  # others arriving meanwhile share the commit
+                with state.importing:
+                    committed = self._import(state, THREAD_IMPORT_PATIENCE)
+                last_import = time.monotonic()
+            except Exception:  # this thread must outlive any one failure: it is what commits
+                logger.exception("sqlite %s: the journal's thread failed; it goes on", self.committer.path)
+                committed = False
             if committed:
                 pause = RETRY_FIRST_PAUSE
             else:
                 state.wanted.wait(pause)
                 pause = min(pause * 2, RETRY_LONGEST_PAUSE)
+
+    def _make_deleted_files_again(self, state: _ProcessJournal) -> None:
+        """Write again, under the same name, each of this process's files that was deleted."""
+        with state.importing, state.lock:  # no append, no commit under way
+            segments = [*state.older, *([state.segment] if state.segment is not None else [])]
+            for segment in segments:
+                if segment.fd < 0 or not segment.is_deleted():
+                    continue
+                try:
+                    segment.make_again()
+                except OSError as exc:
+                    logger.error("journal %s was deleted and cannot be made again (%s): its events wait in memory only", segment.path, exc)
+                    continue
+                logger.warning("journal %s was deleted while in use; made again with its %d bytes of events", segment.path, segment.end)
 
     def close(self) -> None:
         """Commit what waits, stop the thread and delete this process's journal files."""
@@ -410,6 +493,7 @@ class StoreJournal:
         if state.thread is not None and state.thread is not threading.current_thread():
             state.thread.join(CLOSE_TIMEOUT)
         self.flush(CLOSE_TIMEOUT)
+        self._make_deleted_files_again(state)
         with state.importing:
             self._close_segments(state)
         self._state = None
@@ -439,13 +523,17 @@ class StoreJournal:
             path = os.path.join(self.folder, name)
             if name.endswith(SUFFIX) and not name.startswith("."):
                 recovered += self._recover_if_orphan(path, name)
-            elif name.startswith(".") and name.endswith(NEW_SUFFIX):
+            elif name.startswith(".") and name.endswith(NEW_SUFFIX) and _older_than(path, NEW_FILE_GRACE):
                 # Made by a process that died before it wrote anything in it.
                 self._with_orphan(path, lambda stale=path: os.unlink(stale))
         return recovered
 
     def _recover_if_orphan(self, path: str, name: str) -> int:
-        result = self._with_orphan(path, lambda: self._recover(path, name))
+        try:
+            result = self._with_orphan(path, lambda: self._recover(path, name))
+        except OSError as exc:  # not readable, not a file: one bad entry must not stop the others
+            logger.warning("sqlite %s: cannot recover the journal %s (%s)", self.committer.path, path, exc)
+            return 0
         return result or 0
 
     @staticmethod
@@ -484,7 +572,11 @@ class StoreJournal:
             except GroupCommitError as exc:
                 logger.warning("sqlite %s: the journal %s of an ended process waits: %s", self.committer.path, path, exc)
                 return first
-        os.unlink(path)
+        try:
+            os.unlink(path)
+        except OSError as exc:  # its events are in the store, and its progress says so
+            logger.warning("sqlite %s: cannot delete the recovered journal %s (%s)", self.committer.path, path, exc)
+            return len(records)
         self._forget(name)
         if records:
             logger.warning(
