@@ -1,13 +1,16 @@
 """The embedded event store: one SQLite table, safe with many worker processes.
 
-WAL mode lets readers (``pixel-wsgi events``) run beside writers, and the busy
-timeout makes concurrent writers from several gunicorn workers wait for each other
-instead of failing. Rows are written by group commit (``pixel_wsgi.group_commit``):
-one connection and one commit at a time per process, opened on the first event
-(never before gunicorn forks), so that a request returns once the transaction with
-its row has committed, and concurrent requests share one commit instead of paying
-for one each. One connection per process also means a thread-per-request server
-cannot pile up connections.
+WAL mode lets readers (``pixel-wsgi events``) run beside writers, and the workers
+of a gunicorn server wait for each other's commits instead of failing. By default
+(``journal = true``) an event is kept in the process's journal file before the answer
+and committed with others a few milliseconds later (``pixel_wsgi.journal``: what a
+``200`` then means, and how a killed process's events are recovered). With
+``journal = false``, or when the journal cannot take an event, rows are written by
+group commit (``pixel_wsgi.group_commit``): a request returns once the transaction
+with its row has committed, and concurrent requests share one commit instead of
+paying for one each. Either way there is one connection per process, opened on the
+first event (never before gunicorn forks): a thread-per-request server cannot pile up
+connections.
 
 The table is kept lean for the insert: a rowid primary key without AUTOINCREMENT (no
 ``sqlite_sequence`` page written per commit) and no secondary index (each one is
