@@ -286,12 +286,21 @@ THREADS = 4
 CONNECTIONS = 8
 
 
+# --pin: the servers (master and workers) on the first CPU, wrk on the last one.
+SERVER_CPU = "0"
+
+
+def load_generator_cpu() -> str:
+    return str(max(os.sched_getaffinity(0)))
+
+
 class Gunicorn:
     """One gunicorn master on a free loopback port, stopped by its own pid."""
 
-    def __init__(self, target: str, worker_class: str, directory: str) -> None:
+    def __init__(self, target: str, worker_class: str, directory: str, *, pin: bool = False) -> None:
         self.port = free_port()
         command = [
+            *(["taskset", "-c", SERVER_CPU] if pin else []),
             sys.executable, "-m", "gunicorn", target,
             "--pythonpath", f"{HERE},{ROOT}",
             "--bind", f"{HOST}:{self.port}",
@@ -368,10 +377,21 @@ def write_wrk_script(directory: str) -> str:
     return path
 
 
-def load_wrk(port: int, seconds: float, script: str) -> Dict[str, float]:
+def load_wrk(port: int, seconds: float, script: str, *, pin: bool = False) -> Dict[str, float]:
     """One wrk load: requests/s, p50 and p99 in milliseconds."""
     completed = subprocess.run(
-        ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{max(1, round(seconds))}s", "--timeout", "5s", "-s", script, f"http://{HOST}:{port}/"],
+        [
+            *(["taskset", "-c", load_generator_cpu()] if pin else []),
+            "wrk",
+            "-t1",
+            f"-c{CONNECTIONS}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "5s",
+            "-s",
+            script,
+            f"http://{HOST}:{port}/",
+        ],
         capture_output=True,
         text=True,
         timeout=seconds + 30,
@@ -392,15 +412,15 @@ def load_wrk(port: int, seconds: float, script: str) -> Dict[str, float]:
     }
 
 
-def bench_gunicorn(worker_class: str, rounds: int, seconds: float, directory: str) -> Dict[str, Any]:
+def bench_gunicorn(worker_class: str, rounds: int, seconds: float, directory: str, *, pin: bool = False) -> Dict[str, Any]:
     """The four contenders under one worker class, each round a load on each, in rotation."""
     script = write_wrk_script(directory)
-    servers = {who: Gunicorn(TARGETS[who], worker_class, directory) for who in CONTENDERS}
+    servers = {who: Gunicorn(TARGETS[who], worker_class, directory, pin=pin) for who in CONTENDERS}
     try:
         for server in servers.values():
             server.wait()
         for server in servers.values():  # first requests fill caches and build schemas
-            load_wrk(server.port, 1, script)
+            load_wrk(server.port, 1, script, pin=pin)
         results: Dict[str, List[Dict[str, float]]] = {who: [] for who in CONTENDERS}
         for round_number in range(rounds):
             # Rotate who goes first, and reverse every other round: each contender
@@ -410,7 +430,7 @@ def bench_gunicorn(worker_class: str, rounds: int, seconds: float, directory: st
             if round_number % 2:
                 order = tuple(reversed(order))
             for who in order:
-                results[who].append(load_wrk(servers[who].port, seconds, script))
+                results[who].append(load_wrk(servers[who].port, seconds, script, pin=pin))
         rss = {who: max(rss_mb(pid) for pid in servers[who].worker_pids()) for who in CONTENDERS}
     except Exception:
         for who, server in servers.items():
@@ -767,6 +787,11 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument(
         "--worker-class", choices=("sync", "gthread", "both"), default="both", help="gunicorn worker classes to measure (default: both)"
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="run the gunicorn servers on the first CPU and wrk on the last (taskset): the load generator then takes no CPU from the servers",
+    )
     parser.add_argument("--replay-concurrency", type=int, default=16, metavar="N", help="spool replay --concurrency (default: %(default)s)")
     parser.add_argument("--sink", metavar="PORT_FILE", help=argparse.SUPPRESS)  # the HTTP sink's own process
     parser.add_argument("--sink-delay", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -776,6 +801,9 @@ def main(argv: List[str] | None = None) -> int:
         return 0
     if shutil.which("wrk") is None:
         print("wrk is not installed (Debian package `wrk`): the benchmark needs it", file=sys.stderr)
+        return 2
+    if options.pin and (shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2):
+        print("--pin needs taskset (util-linux) and at least two CPUs", file=sys.stderr)
         return 2
     if importlib.util.find_spec("gunicorn") is None:
         print("gunicorn is not installed (`pip install -e '.[test]'`): the benchmark needs it", file=sys.stderr)
@@ -798,6 +826,7 @@ def main(argv: List[str] | None = None) -> int:
     print(
         f"wrk -t1 -c{CONNECTIONS}, gunicorn {WORKERS} workers (gthread: {THREADS} threads each), "
         f"{gunicorn_rounds} rounds of {gunicorn_seconds:g} s per contender; {'quick' if quick else 'full'} run"
+        + (f"; servers pinned to CPU {SERVER_CPU}, wrk to CPU {load_generator_cpu()}" if options.pin else "")
     )
     print()
     inproc = bench_inprocess(rounds, inproc_count)
@@ -810,7 +839,7 @@ def main(argv: List[str] | None = None) -> int:
     gunicorn: Dict[str, Dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="pixel-bench-") as directory:
         for worker_class in ("sync", "gthread") if options.worker_class == "both" else (options.worker_class,):
-            result = gunicorn[worker_class] = bench_gunicorn(worker_class, gunicorn_rounds, gunicorn_seconds, directory)
+            result = gunicorn[worker_class] = bench_gunicorn(worker_class, gunicorn_rounds, gunicorn_seconds, directory, pin=options.pin)
             label = "sync x2" if worker_class == "sync" else f"gthread x2x{THREADS}"
             for who in CONTENDERS:
                 figures = result["figures"][who]
@@ -880,6 +909,7 @@ def main(argv: List[str] | None = None) -> int:
         "replay_concurrency": options.replay_concurrency,
         "replay_events": replay_events,
         "quick": quick,
+        "pinned": options.pin,
     }
     if sync["floor_ratio"] is None:
         print("INVALID RUN: gunicorn sync was not measured, so the floor check could not run", file=sys.stderr)
