@@ -3,6 +3,7 @@
 
     python tests/benchmarks/run.py            # about eight minutes
     python tests/benchmarks/run.py --quick    # under two minutes
+    python tests/benchmarks/run.py --pin      # servers on the first CPU, wrk on the last
 
 Load comes from ``wrk`` (Debian package ``wrk``; one thread, 8 connections): a Python
 load generator saturates before the server on a small machine and squeezes every
@@ -25,7 +26,9 @@ ratios is what the last line of JSON gives. The contenders, all answering the sa
 The run is invalid (exit status 3, and it says why) unless the floor reaches 1.15x the
 bare app under gunicorn sync in the same run: below that, the load generator or the
 machine, not the apps, sets the pace and the ratios mean nothing. (gthread is not held
-to it: its own per-request work in gunicorn is a larger share of every contender.)
+to it: its own per-request work in gunicorn is a larger share of every contender.) On a
+small machine wrk's own work per connection can be what squeezes them: ``--pin`` then
+keeps wrk on a CPU of its own (``taskset``).
 
 Besides the servers: the webhook destination's cost per event against a raw
 ``http.client`` POST (``dispatch_ratio``), the time a dead destination with an open
