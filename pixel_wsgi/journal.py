@@ -597,6 +597,21 @@ class StoreJournal:
     def _imported_to(self, name: str) -> int | None:
         """How far the journal ``name`` is in the store: 0 if the store has no record of
         it (no file, no table, no row), ``None`` if the store cannot be read now."""
+        progress = self._read_progress(name)
+        if progress is None:
+            # A store whose writer was killed while setting it up keeps a hot rollback
+            # journal, which a read-only connection may not roll back ("attempt to write a
+            # readonly database"): an empty transaction of the store's own writer repairs
+            # it (and finishes the set-up), then the progress can be read.
+            try:
+                self.committer.insert_batch([], [], THREAD_IMPORT_PATIENCE)
+            except GroupCommitError as exc:
+                logger.debug("sqlite %s: cannot open the store to recover journals (%s)", self.committer.path, exc)
+                return None
+            progress = self._read_progress(name)
+        return progress
+
+    def _read_progress(self, name: str) -> int | None:
         if not os.path.exists(self.committer.path):
             return 0
         try:

@@ -18,8 +18,10 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
+import orjson
 import pytest
 
 from pixel_wsgi import journal
@@ -389,4 +391,37 @@ def test_pixel_wsgi_events_recovers_a_journal_whose_store_was_deleted(tmp_path: 
     assert completed.returncode == 0, completed.stderr
     shown = [json.loads(line)["messageId"] for line in completed.stdout.splitlines()]
     assert shown == [f"m-{number}" for number in range(100)]  # its progress went with the store: all again
+    assert journal_files(store) == []
+
+
+# Starts a write transaction on the store in rollback-journal mode, big enough to spill
+# pages into the file, and is killed in the middle: the hot journal that a writer killed
+# while setting up a new store leaves.
+HOT_JOURNAL_WRITER = """
+import os, signal, sqlite3, sys
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("PRAGMA cache_size = 1")
+connection.execute("CREATE TABLE filler (a)")
+connection.execute("BEGIN")
+for _ in range(200):
+    connection.execute("INSERT INTO filler VALUES (randomblob(4000))")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_store_left_half_written_is_repaired_before_its_journals_are_recovered(tmp_path: Path) -> None:
+    """Found by CI: a server killed while it set up a new store left a hot rollback
+    journal beside it, which a read-only connection may not roll back ("attempt to write
+    a readonly database"): the event it had answered stayed in its journal, and
+    ``pixel-wsgi events`` failed. The store's own writer now repairs the file first."""
+    store = tmp_path / "events.sqlite3"
+    subprocess.run([sys.executable, "-c", HOT_JOURNAL_WRITER, str(store)], env=environment(), timeout=60)
+    assert Path(f"{store}-journal").stat().st_size > 0
+    folder = Path(journal_folder(str(store)))
+    folder.mkdir()
+    record = orjson.dumps(["now", "track", "m-answered", "web", '{"type":"track","messageId":"m-answered"}'])
+    (folder / "4242-abcdef123456.journal").write_bytes(HEADER.pack(len(record), zlib.crc32(record)) + record)
+    completed = run_cli("events", "--db", str(store), "--last", "0", "--json")
+    assert completed.returncode == 0, completed.stderr
+    assert [json.loads(line)["messageId"] for line in completed.stdout.splitlines()] == ["m-answered"]
     assert journal_files(store) == []
