@@ -297,6 +297,10 @@ class _ProcessJournal:
         self.last_commit_at = 0.0
         self.last_batch = 0
 
+    def segments(self) -> list[_Segment]:
+        """Every file of this process still open, oldest first."""
+        return [*self.older, *([self.segment] if self.segment is not None else [])]
+
 
 class StoreJournal:
     """Write-behind for the SQLite store at ``committer.path`` (see the module's rules)."""
@@ -323,14 +327,13 @@ class StoreJournal:
             if state.closing:
                 raise JournalUnavailable("the journal is closed")
             segment = state.segment
-            start = segment.end if segment is not None else 0
             end = segment.append(record) if segment is not None else None
             if segment is None or end is None:
                 segment = self._new_segment(state)
-                start = 0
                 end = segment.append(record)
                 if end is None:
                     raise JournalUnavailable(f"an event of {len(record)} bytes does not fit a journal file")
+            start = end - HEADER.size - len(record)
             waiting = len(state.waiting) + 1
             state.waiting.append((segment, start, end, row if waiting <= MAX_ROWS_IN_MEMORY else None))
             now = time.monotonic()
@@ -405,10 +408,14 @@ class StoreJournal:
             finished = [segment for segment in state.older if segment.finished]
             state.older = [segment for segment in state.older if not segment.finished]
         for segment in finished:
-            # Deleted first, forgotten after: a process killed in between leaves a
-            # progress row without a file (harmless), never a file without its row.
-            segment.delete()
-            self._forget(segment.name)
+            self._discard(segment)
+
+    def _discard(self, segment: _Segment) -> None:
+        """Delete a file whose events are all in the store, then its progress row."""
+        # Deleted first, forgotten after: a process killed in between leaves a progress
+        # row without a file (harmless), never a file without its row.
+        segment.delete()
+        self._forget(segment.name)
 
     def _forget(self, name: str) -> None:
         try:
@@ -481,8 +488,7 @@ class StoreJournal:
     def _make_deleted_files_again(self, state: _ProcessJournal) -> None:
         """Write again, under the same name, each of this process's files that was deleted."""
         with state.importing, state.lock:  # no append, no commit under way
-            segments = [*state.older, *([state.segment] if state.segment is not None else [])]
-            for segment in segments:
+            for segment in state.segments():
                 if segment.fd < 0 or not segment.is_deleted():
                     continue
                 try:
@@ -509,12 +515,11 @@ class StoreJournal:
         self._state = None
 
     def _close_segments(self, state: _ProcessJournal) -> None:
-        segments = [*state.older, *([state.segment] if state.segment is not None else [])]
+        segments = state.segments()
         state.older, state.segment = [], None
         for segment in segments:
             if segment.imported == segment.end:
-                segment.delete()
-                self._forget(segment.name)
+                self._discard(segment)
             else:
                 # The store failed: the file stays for the next process to import.
                 logger.warning("sqlite %s: journal %s keeps events not yet in the store", self.committer.path, segment.path)
